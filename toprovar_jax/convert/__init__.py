@@ -1,0 +1,1 @@
+"""Pure-numpy converters from official PyTorch state_dicts to our params."""

@@ -1,0 +1,118 @@
+"""Strict state_dict bookkeeping shared by every converter (pure numpy).
+
+Official loaders are non-strict (Infinity's `load_state_dict(strict=False)`);
+ours are strict: every tensor must be consumed, every expected key present,
+every shape right, and the error lists all offenders at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not match the model: lists every bad key."""
+
+  def __init__(self, *, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+               mismatched: Sequence[Tuple[str, tuple, tuple]] = (),
+               context: str = ""):
+    self.missing = sorted(missing)
+    self.unexpected = sorted(unexpected)
+    self.mismatched = sorted(mismatched)
+    lines = [f"checkpoint does not match the model{(' (' + context + ')') if context else ''}:"]
+    if self.missing:
+      lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing)}")
+    if self.unexpected:
+      lines.append(f"  unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+    if self.mismatched:
+      lines.append(f"  mis-shaped keys ({len(self.mismatched)}): " + ", ".join(
+          f"{k} (got {g}, expected {e})" for k, g, e in self.mismatched))
+    super().__init__("\n".join(lines))
+
+
+class StateDict:
+  """A read-tracking view of a flat {official_key: array} mapping.
+
+  Converters `take` keys with their expected shapes; `finish` raises a
+  `ConversionError` listing missing, mis-shaped and never-taken keys.
+  """
+
+  def __init__(self, sd: Mapping[str, Any], *, ignore: Iterable[str] = (),
+               context: str = ""):
+    self._sd = {k: np.asarray(v) for k, v in sd.items()}
+    self._used = set()
+    self._missing = []
+    self._mismatched = []
+    self._context = context
+    # Buffers (zero_k_bias, lvl_1L, attention masks, ...) that carry no
+    # parameters: allowed to be present, never required.
+    self._ignore_suffixes = tuple(ignore)
+
+  def has(self, key: str) -> bool:
+    return key in self._sd
+
+  def take(self, key: str, shape: Optional[tuple] = None,
+           dtype=np.float32) -> Optional[np.ndarray]:
+    """Returns the array under `key` (cast to dtype), recording problems."""
+    if key not in self._sd:
+      self._missing.append(key)
+      return None
+    self._used.add(key)
+    arr = self._sd[key]
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+      self._mismatched.append((key, tuple(arr.shape), tuple(shape)))
+      return None
+    return arr.astype(dtype) if dtype is not None else arr
+
+  def finish(self):
+    unexpected = [
+        k for k in self._sd if k not in self._used
+        and not any(k.endswith(s) or k == s for s in self._ignore_suffixes)]
+    if self._missing or unexpected or self._mismatched:
+      raise ConversionError(missing=self._missing, unexpected=unexpected,
+                            mismatched=self._mismatched, context=self._context)
+
+
+def linear(w: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """torch Linear weight (out, in) -> flax Dense kernel (in, out)."""
+  return None if w is None else np.ascontiguousarray(w.T)
+
+
+def conv2d(w: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """torch Conv2d weight (O, I, kh, kw) -> flax Conv kernel (kh, kw, I, O)."""
+  return None if w is None else np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def strip_prefix(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+  """Keeps the keys that start with `prefix` (e.g. "var/"), without it."""
+  return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(flatten(v, name))
+    else:
+      out[name] = v
+  return out
+
+
+def check_against(params: Mapping[str, Any], expected: Mapping[str, Any],
+                  context: str = ""):
+  """Compares a converted param tree with an abstract (eval_shape) tree.
+
+  Raises ConversionError listing missing / unexpected / mis-shaped leaves, so
+  a converter bug can never silently produce a partially filled model.
+  """
+  got, want = flatten(params), flatten(expected)
+  missing = [k for k in want if k not in got]
+  unexpected = [k for k in got if k not in want]
+  mism = [(k, tuple(np.shape(got[k])), tuple(want[k].shape))
+          for k in want if k in got and tuple(np.shape(got[k])) != tuple(want[k].shape)]
+  if missing or unexpected or mism:
+    raise ConversionError(missing=missing, unexpected=unexpected,
+                          mismatched=mism, context=context)

@@ -1,0 +1,1 @@
+"""Pure linen modules: transformers (VAR / Infinity style) and tokenizers."""

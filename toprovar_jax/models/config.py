@@ -1,0 +1,258 @@
+"""Static model configuration and the one variant table.
+
+Every architecture number lives here, once. Configs (`configs/*.py`) name a
+variant; the experiments turn it into these frozen dataclasses at the boundary,
+and everything inside jit sees only hashable, frozen objects (STYLE.md §9.13).
+
+Dimension letters used across the package:
+  B batch, S scales, s scale index, N_s tokens of scale s, K_s kept tokens,
+  L layers (depth) or total tokens where stated, C width, H heads, D head dim,
+  d bits per token (Infinity), V codebook size (VAR), T text tokens.
+
+Sources: docs/ARCHITECTURES.md A.1 (VAR), B.1/B.5 (Infinity); reference
+README §2 (tiny configs of the golden files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+Schedule = Tuple[Tuple[int, int], ...]
+
+# VAR token schedules (square p x p maps), ARCHITECTURES A.1.
+VAR_PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+VAR_PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+# Infinity 1:1 template at 1M pixels (13 scales), ARCHITECTURES B.5. The
+# 0.06M / 0.25M / 0.60M budgets are its first 7 / 10 / 12 scales.
+INFINITY_1M_SIDES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
+
+
+def square_schedule(sides) -> Schedule:
+  return tuple((int(p), int(p)) for p in sides)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+  """One next-scale transformer (VAR or Infinity conditioning style).
+
+  Attributes:
+    name: variant name.
+    style: "var" (class label, per-block AdaLN, abs positions) or "infinity"
+      (text features, shared AdaLN + ada_gss, 2-D RoPE, cross-attention).
+    depth: number of blocks.
+    width: C.
+    num_heads: H of self- and cross-attention.
+    mlp_hidden: FFN hidden width.
+    schedule: token grid (h, w) of every scale, coarse to fine.
+    latent_dim: per-token input feature size (VAR: Cvae; Infinity: d bits,
+      i.e. 4x the VAE code dim when `patchify`).
+    vocab_size: VAR codebook size V (head outputs V logits). Unused for
+      Infinity, whose head outputs 2 * latent_dim logits (bit pairs).
+    num_classes: VAR classes; the class table has num_classes + 1 rows
+      (the last is the null / unconditional class).
+    shared_aln: one shared AdaLN projection plus per-block `ada_gss`.
+    num_level_embeds: rows of the level (scale) embedding table.
+    text_dim: Ct5, width of the raw text features (Infinity).
+    text_maxlen: rows of the learned `cfg_uncond` text (Infinity).
+    rope_grid: (H_f, W_f) grid onto which RoPE positions are rescaled (the
+      last scale of the 1M template for this aspect ratio).
+    rope_base: RoPE base frequency.
+    patchify: Infinity-8B style 2x2 spatial patchify of the VAE latent.
+    norm_eps: LayerNorm / RMSNorm epsilon.
+  """
+  name: str
+  style: str
+  depth: int
+  width: int
+  num_heads: int
+  mlp_hidden: int
+  schedule: Schedule
+  latent_dim: int
+  vocab_size: int = 0
+  num_classes: int = 0
+  shared_aln: bool = False
+  num_level_embeds: int = 0
+  text_dim: int = 0
+  text_maxlen: int = 0
+  rope_grid: Tuple[int, int] = (0, 0)
+  rope_base: float = 10000.0
+  patchify: bool = False
+  norm_eps: float = 1e-6
+
+  def __post_init__(self):
+    if self.style not in ("var", "infinity"):
+      raise ValueError(f"TransformerConfig.style: unknown style {self.style!r}")
+    if self.width % self.num_heads:
+      raise ValueError(
+          f"TransformerConfig.width: {self.width} is not divisible by "
+          f"num_heads={self.num_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.schedule)
+
+  @property
+  def tokens_per_scale(self) -> Tuple[int, ...]:
+    return tuple(h * w for h, w in self.schedule)
+
+  @property
+  def scale_offsets(self) -> Tuple[int, ...]:
+    """Start of every scale in the flattened sequence (len S + 1)."""
+    out = [0]
+    for n in self.tokens_per_scale:
+      out.append(out[-1] + n)
+    return tuple(out)
+
+  @property
+  def seq_len(self) -> int:
+    return self.scale_offsets[-1]
+
+  @property
+  def head_out(self) -> int:
+    """Logits per token: V for VAR, 2 per bit for Infinity."""
+    return self.vocab_size if self.style == "var" else 2 * self.latent_dim
+
+  @property
+  def pool_head_dim(self) -> int:
+    # Official TextAttentivePool: head_dim 64 above C = 4096, else 128, and
+    # heads = Ct5 // head_dim (ARCHITECTURES B.2).
+    return 64 if self.width > 4096 else 128
+
+  @property
+  def pool_num_heads(self) -> int:
+    return self.text_dim // self.pool_head_dim
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VQVAEConfig:
+  """VAR's multi-scale VQVAE (ARCHITECTURES A.5)."""
+  ch: int = 160
+  ch_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  z_channels: int = 32
+  vocab_size: int = 4096
+  share_quant_resi: int = 4
+  quant_resi: float = 0.5
+  patch_nums: Tuple[int, ...] = VAR_PATCH_NUMS_256
+  in_channels: int = 3
+
+  @property
+  def phi_index(self) -> Tuple[int, ...]:
+    """Which shared phi conv each scale uses.
+
+    The official rule picks the tick of linspace(1/12, 11/12, 4) nearest to
+    k / (K - 1); k = 2 and k = 7 of a 10-scale schedule are exact ties broken by
+    float rounding, which float64 numpy reproduces (ARCHITECTURES A.5).
+    """
+    import numpy as np  # local: config stays import-light
+    k = len(self.patch_nums)
+    n = self.share_quant_resi
+    ticks = np.linspace(1 / 3 / n, 1 - 1 / 3 / n, n)
+    return tuple(int(np.argmin(np.abs(ticks - (i / (k - 1))))) for i in range(k))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BSQConfig:
+  """Infinity's BSQ VAE (ARCHITECTURES B.4)."""
+  base_ch: int = 128
+  ch_mult: Tuple[int, ...] = (1, 2, 4, 4, 4)
+  num_res_blocks: int = 2
+  codebook_dim: int = 32
+  in_channels: int = 3
+
+  @property
+  def stride(self) -> int:
+    return 2 ** (len(self.ch_mult) - 1)
+
+
+def _var(depth: int, patch_nums=VAR_PATCH_NUMS_256, shared_aln=False,
+         name=None, vocab_size=4096, latent_dim=32) -> TransformerConfig:
+  # build_vae_var: heads = depth, C = 64 * depth, MLP 4C (ARCHITECTURES A.1).
+  width = 64 * depth
+  return TransformerConfig(
+      name=name or f"var_d{depth}", style="var", depth=depth, width=width,
+      num_heads=depth, mlp_hidden=4 * width,
+      schedule=square_schedule(patch_nums), latent_dim=latent_dim,
+      vocab_size=vocab_size, num_classes=1000, shared_aln=shared_aln,
+      num_level_embeds=len(patch_nums))
+
+
+def infinity_mlp_hidden(width: int, mlp_ratio: float = 4.0) -> int:
+  """Official rule: round(C * ratio / 256) * 256."""
+  return int(round(width * mlp_ratio / 256) * 256)
+
+
+def _infinity(name, depth, width, num_heads, bits, patchify=False,
+              sides=INFINITY_1M_SIDES, text_dim=2048, text_maxlen=512,
+              rope_grid=(64, 64)) -> TransformerConfig:
+  return TransformerConfig(
+      name=name, style="infinity", depth=depth, width=width,
+      num_heads=num_heads, mlp_hidden=infinity_mlp_hidden(width),
+      schedule=square_schedule(sides), latent_dim=bits, shared_aln=True,
+      num_level_embeds=15, text_dim=text_dim, text_maxlen=text_maxlen,
+      rope_grid=rope_grid, patchify=patchify)
+
+
+# The one variant table. Tiny variants are the golden-file configs
+# (reference README §2) used by CPU tests.
+VARIANTS = {
+    "var_d16": _var(16),
+    "var_d20": _var(20),
+    "var_d24": _var(24),
+    "var_d30": _var(30),
+    # d36 runs at 512 px with shared AdaLN ("d36-s").
+    "var_d36": _var(36, patch_nums=VAR_PATCH_NUMS_512, shared_aln=True),
+    "infinity_2b": _infinity("infinity_2b", 32, 2048, 16, bits=32),
+    # 8B: 14-bit BSQ latent at stride 8 with 2x2 patchify -> 56 bits a token.
+    "infinity_8b": _infinity("infinity_8b", 40, 3584, 28, bits=56,
+                             patchify=True),
+    "var_tiny": _var(2, name="var_tiny", vocab_size=256),
+    "infinity_tiny": _infinity("infinity_tiny", 2, 256, 2, bits=16,
+                               sides=INFINITY_1M_SIDES[:7], text_dim=256),
+}
+
+# Tokenizers that go with each transformer variant.
+TOKENIZERS = {
+    "var": VQVAEConfig(),
+    "var_d36": VQVAEConfig(patch_nums=VAR_PATCH_NUMS_512),
+    "infinity_2b": BSQConfig(codebook_dim=32),
+    "infinity_8b": BSQConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4)),
+    "var_tiny": VQVAEConfig(ch=32, vocab_size=256),
+    "infinity_tiny": BSQConfig(base_ch=32, ch_mult=(1, 2, 2, 2, 2),
+                               codebook_dim=16),
+}
+
+
+def get_variant(name: str) -> TransformerConfig:
+  try:
+    return VARIANTS[name]
+  except KeyError:
+    raise ValueError(
+        f"model.variant: unknown variant {name!r}; known: "
+        f"{sorted(VARIANTS)}") from None
+
+
+def get_tokenizer(name: str):
+  """Tokenizer config for a transformer variant name."""
+  if name in TOKENIZERS:
+    return TOKENIZERS[name]
+  cfg = get_variant(name)
+  if cfg.style == "var":
+    return TOKENIZERS["var"]
+  raise ValueError(f"model.variant: no tokenizer registered for {name!r}")
+
+
+def replace(cfg, **kw):
+  return dataclasses.replace(cfg, **kw)
+
+
+def vae_grid(cfg: TransformerConfig, s: Optional[int] = None) -> Tuple[int, int]:
+  """Latent grid of the tokenizer at scale s (default: last)."""
+  h, w = cfg.schedule[-1 if s is None else s]
+  f = 2 if cfg.patchify else 1
+  return h * f, w * f

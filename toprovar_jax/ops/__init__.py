@@ -1,0 +1,1 @@
+"""Numerical kernels: PyTorch-exact resampling, attention (with entropy)."""

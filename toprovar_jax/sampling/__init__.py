@@ -1,0 +1,1 @@
+"""The scale loop, guidance, token strategies and static sparsity plans."""
