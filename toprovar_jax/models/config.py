@@ -28,6 +28,42 @@ VAR_PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 INFINITY_1M_SIDES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
 
 
+# Infinity's 1M-pixel templates by h/w ratio (official `dynamic_resolution`):
+# the budgets 0.06M / 0.25M / 0.60M / 1M use their first 7 / 10 / 12 / 13
+# scales, and RoPE positions of every budget are rescaled onto the last (1M)
+# grid of the template (ARCHITECTURES B.3, B.5). Ratios below 1 are the
+# transposes.
+INFINITY_TEMPLATES_1M = {
+    1.0: ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20),
+          (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)),
+    1.25: ((1, 1), (2, 2), (3, 3), (5, 4), (10, 8), (15, 12), (20, 16),
+           (25, 20), (30, 24), (35, 28), (45, 36), (55, 44), (70, 56)),
+    1.333: ((1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15),
+            (24, 18), (28, 21), (36, 27), (48, 36), (60, 45), (72, 54)),
+    1.5: ((1, 1), (2, 2), (3, 2), (6, 4), (9, 6), (15, 10), (21, 14), (27, 18),
+          (33, 22), (39, 26), (48, 32), (63, 42), (78, 52)),
+    1.75: ((1, 1), (2, 2), (3, 3), (7, 4), (11, 6), (14, 8), (21, 12),
+           (28, 16), (35, 20), (42, 24), (56, 32), (70, 40), (84, 48)),
+    2.0: ((1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15),
+          (38, 19), (46, 23), (60, 30), (74, 37), (90, 45)),
+    2.5: ((1, 1), (2, 2), (5, 2), (10, 4), (15, 6), (20, 8), (25, 10),
+          (30, 12), (40, 16), (50, 20), (65, 26), (80, 32), (100, 40)),
+    3.0: ((1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12),
+          (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)),
+}
+
+
+def infinity_rope_grid(schedule: Schedule) -> Tuple[int, int]:
+  """Final 1M-template grid of the template that `schedule` is a prefix of."""
+  schedule = tuple(tuple(int(v) for v in hw) for hw in schedule)
+  for tpl in INFINITY_TEMPLATES_1M.values():
+    for cand in (tpl, tuple((w, h) for h, w in tpl)):
+      if cand[:len(schedule)] == schedule:
+        return cand[-1]
+  raise ValueError(
+      f"schedule: {schedule} is not a prefix of any Infinity 1M template")
+
+
 def square_schedule(sides) -> Schedule:
   return tuple((int(p), int(p)) for p in sides)
 

@@ -1,0 +1,47 @@
+r"""Checks this port against golden outputs of the official PyTorch code.
+
+  python -m experiments.check_parity --reference ../shared/reference/var_tiny.npz
+
+Finds NAME_vae.npz and NAME.json beside NAME.npz, reads every hyper-parameter
+from the json, runs every check the pair supports and prints one JSON object as
+its last stdout line:
+  {"reference": NAME, "pass": bool, "checks": {CHECK: {"max_abs_err": x,
+   "tol": t, "pass": bool, ...}}}
+Exit status: 0 all checks pass, 1 any mismatch, 2 a file it cannot read or a
+reference kind it does not support.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+_REFERENCE = flags.DEFINE_string(
+    "reference", None, "Path to NAME.npz (NAME_vae.npz and NAME.json beside).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Parity is an fp32 comparison: no TF32 / bf16 passes in matmuls.
+  jax.config.update("jax_default_matmul_precision", "highest")
+  from toprovar_jax import parity  # after the precision flag
+  try:
+    result = parity.run(_REFERENCE.value)
+  except parity.ReferenceError as e:
+    logging.error("%s", e)
+    print(json.dumps({"reference": _REFERENCE.value, "pass": False,
+                      "error": str(e)}))
+    sys.exit(2)
+  for name, c in result["checks"].items():
+    logging.info("%-28s %s", name, "ok" if c["pass"] else f"FAIL {c}")
+  print(json.dumps(result))
+  sys.exit(0 if result["pass"] else 1)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["reference"])
+  app.run(main)

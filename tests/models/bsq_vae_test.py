@@ -1,0 +1,250 @@
+"""Parity tests of the BSQ VAE against the official PyTorch golden files.
+
+Reference arrays (reference README §4, `infinity_tiny*.npz`) are NCHW; the
+port is NHWC, so every comparison transposes the reference first. Tolerances
+are the README §6 ones for an fp32 port: 1e-4 for latents, 2e-4 for images,
+exact bits. The BSQ bit margins of `vaetest` are >= 7.6e-5 (README §5.4), far
+above our latent error, so exact bit equality is a fair requirement.
+"""
+
+import functools
+
+from absl.testing import absltest
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toprovar_jax import testing
+from toprovar_jax.convert import bsq_vae as convert_lib
+from toprovar_jax.convert import common
+from toprovar_jax.models import bsq_vae
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.ops import resample
+
+_CFG = config_lib.TOKENIZERS['infinity_tiny']
+# 0.06M 1:1 template (reference README §2): 521 tokens.
+_SCHEDULE = config_lib.square_schedule((1, 2, 4, 6, 8, 12, 16))
+_D = 16
+
+# Parameter counts of the official modules. Tiny: reference README §2. The
+# real ones were measured by building the official `vae_model(...)` from the
+# Infinity snapshot with torch (2B: patch 16, d=32; 8B: patch 8, d=14,
+# ch_mult [1, 2, 4, 4]) and summing `numel()` over `parameters()`.
+_GOLDEN_PARAM_COUNTS = {
+    'infinity_tiny': 2_154_995,
+    'infinity_2b': 110_118_051,
+    'infinity_8b': 81_624_209,
+}
+
+_LATENT_TOL = 1e-4
+_IMAGE_TOL = 2e-4
+_CODE_SUM_TOL = 1e-5
+
+
+def _nhwc(x):
+  return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def _split_scales(tokens_BLd, schedule):
+  """(B, L, d) row-major tokens -> list of (B, h, w, d) per scale."""
+  out, start = [], 0
+  for h, w in schedule:
+    out.append(tokens_BLd[:, start:start + h * w].reshape(
+        tokens_BLd.shape[0], h, w, tokens_BLd.shape[-1]))
+    start += h * w
+  assert start == tokens_BLd.shape[1]
+  return out
+
+
+# Jitted once: eagerly, every small op of the scale loop compiles on its own.
+_jit_accumulate_bits = jax.jit(bsq_vae.accumulate_bits, static_argnums=1)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@functools.cache
+def _reference():
+  try:
+    return testing.load_reference('infinity_tiny')
+  except FileNotFoundError:
+    return None
+
+
+@functools.cache
+def _params():
+  sd = common.strip_prefix(_reference(), 'vae/')
+  return {'params': convert_lib.convert_bsq_vae(sd, _CFG)}
+
+
+@functools.cache
+def _encoded():
+  """(h, bits, z) of `vaetest/img_in`, computed once for several tests."""
+  model = bsq_vae.BSQVAE(_CFG)
+  img = jnp.asarray(_nhwc(_reference()['vaetest/img_in']))
+
+  @jax.jit
+  def run(variables, img):
+    h = model.apply(variables, img, method='encode_h')
+    bits, z = bsq_vae.multiscale_quantize(h, _SCHEDULE)
+    return h, bits, z
+
+  return jax.device_get(run(_params(), img))
+
+
+@functools.cache
+def _decoded():
+  """decode() of `vaetest/z` (row 0) and `sample/summed_codes` (rows 1, 2).
+
+  One batched call, so the decoder is compiled once.
+  """
+  ref = _reference()
+  z = np.concatenate([_nhwc(ref['vaetest/z']),
+                      _nhwc(ref['sample/summed_codes'])], axis=0)
+  model = bsq_vae.BSQVAE(_CFG)
+  decode = jax.jit(functools.partial(model.apply, method='decode'))
+  return np.asarray(decode(_params(), jnp.asarray(z)))
+
+
+class ParamCountTest(absltest.TestCase):
+
+  def test_every_bsq_tokenizer_has_a_golden_count(self):
+    bsq_names = {k for k, v in config_lib.TOKENIZERS.items()
+                 if isinstance(v, config_lib.BSQConfig)}
+    self.assertEqual(bsq_names, set(_GOLDEN_PARAM_COUNTS))
+
+  def test_param_counts(self):
+    for name, want in _GOLDEN_PARAM_COUNTS.items():
+      with self.subTest(name):
+        cfg = config_lib.TOKENIZERS[name]
+        self.assertEqual(_count(convert_lib.abstract_params(cfg)), want)
+
+
+class ReferenceParityTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    if _reference() is None:
+      self.skipTest('infinity_tiny reference files not found')
+
+  def test_encoder_output(self):
+    h = _encoded()[0]
+    want = _nhwc(_reference()['vaetest/h'])
+    chex.assert_shape(h, (1, 16, 16, _D))
+    np.testing.assert_allclose(h, want, rtol=0, atol=_LATENT_TOL)
+
+  def test_bits_exact(self):
+    bits = _encoded()[1]
+    want = _split_scales(_reference()['vaetest/bits'], _SCHEDULE)
+    self.assertLen(bits, len(_SCHEDULE))
+    for si, (got, ref) in enumerate(zip(bits, want)):
+      self.assertEqual(got.dtype, np.uint8)
+      np.testing.assert_array_equal(got, ref, err_msg=f'scale {si}')
+
+  def test_quantised_sum(self):
+    z = _encoded()[2]
+    np.testing.assert_allclose(z, _nhwc(_reference()['vaetest/z']), rtol=0,
+                               atol=_LATENT_TOL)
+
+  def test_quantised_sum_is_sum_of_bit_codes(self):
+    # README 5.4: z is exactly the code sum of its own bits.
+    _, bits, z = _encoded()
+    summed, _ = _jit_accumulate_bits([jnp.asarray(b) for b in bits],
+                                     _SCHEDULE)
+    np.testing.assert_allclose(z, summed, rtol=0, atol=_CODE_SUM_TOL)
+
+  def test_decode_reconstruction(self):
+    img = _decoded()[:1]
+    want = _nhwc(_reference()['vaetest/img_rec'])
+    np.testing.assert_allclose(img, want, rtol=0, atol=_IMAGE_TOL)
+
+  def test_decode_sampled_codes(self):
+    img = _decoded()[1:]
+    want = _nhwc(_reference()['sample/img'])
+    self.assertLessEqual(float(np.abs(img).max()), 1.0)
+    np.testing.assert_allclose(img, want, rtol=0, atol=_IMAGE_TOL)
+
+  def test_teacher_forcing_inputs(self):
+    ref = _reference()
+    bits = _split_scales(ref['tf/gt_bits'], _SCHEDULE)
+    summed, inputs = _jit_accumulate_bits([jnp.asarray(b) for b in bits],
+                                          _SCHEDULE)
+    np.testing.assert_allclose(summed, _nhwc(ref['tf/summed_codes']),
+                               rtol=0, atol=_CODE_SUM_TOL)
+    x_BLd = np.concatenate(
+        [np.asarray(x).reshape(x.shape[0], -1, _D) for x in inputs], axis=1)
+    chex.assert_shape(x_BLd, (2, 520, _D))
+    np.testing.assert_allclose(x_BLd, ref['tf/x_BLC_wo_prefix'], rtol=0,
+                               atol=_CODE_SUM_TOL)
+
+
+class ConverterTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    if _reference() is None:
+      self.skipTest('infinity_tiny reference files not found')
+    self.sd = common.strip_prefix(_reference(), 'vae/')
+
+  def test_strict_errors_name_every_bad_key(self):
+    sd = dict(self.sd)
+    removed = 'decoder.up.2.block.1.conv2.conv.weight'
+    reshaped = 'encoder.mid.block_1.norm1.norm.bias'
+    added = 'encoder.extra_layer.weight'
+    del sd[removed]
+    sd[reshaped] = np.zeros((7,), np.float32)
+    sd[added] = np.zeros((3,), np.float32)
+    with self.assertRaises(common.ConversionError) as ctx:
+      convert_lib.convert_bsq_vae(sd, _CFG)
+    err = ctx.exception
+    self.assertEqual(err.missing, [removed])
+    self.assertEqual(err.unexpected, [added])
+    self.assertEqual([k for k, _, _ in err.mismatched], [reshaped])
+    for key in (removed, reshaped, added):
+      self.assertIn(key, str(err))
+
+  def test_mask_buffers_optional_but_shape_checked(self):
+    sd = {k: v for k, v in self.sd.items() if not k.endswith('lfq.mask')}
+    convert_lib.convert_bsq_vae(sd, _CFG)  # Absent: fine.
+    sd['quantize.lfq.mask'] = np.arange(_D + 1)
+    with self.assertRaisesRegex(common.ConversionError, 'quantize.lfq.mask'):
+      convert_lib.convert_bsq_vae(sd, _CFG)
+
+  def test_unwrapped_spelling(self):
+    # load_cnn also accepts `….conv1.weight` / `….norm1.weight`.
+    bare = {k.replace('.conv.weight', '.weight').replace('.conv.bias', '.bias')
+            .replace('.norm.weight', '.weight').replace('.norm.bias', '.bias'):
+            v for k, v in self.sd.items()}
+    self.assertNotEqual(set(bare), set(self.sd))
+    chex.assert_trees_all_equal(convert_lib.convert_bsq_vae(bare, _CFG),
+                                _params()['params'])
+
+  def test_wrong_config_is_rejected(self):
+    with self.assertRaises(common.ConversionError):
+      convert_lib.convert_bsq_vae(
+          self.sd, config_lib.replace(_CFG, codebook_dim=32))
+
+
+class PatchifyBitOrderTest(absltest.TestCase):
+  """8B layout: 56 bits a token = 14 latent channels x a 2x2 pixel group."""
+
+  def test_pixel_shuffle_round_trip_and_channel_order(self):
+    b, h, w, d, r = 2, 3, 5, 14, 2
+    bits = np.random.default_rng(0).integers(
+        0, 2, (b, h, w, d * r * r), dtype=np.uint8)
+    up = resample.pixel_shuffle(jnp.asarray(bits), r)
+    chex.assert_shape(up, (b, r * h, r * w, d))
+    chex.assert_trees_all_equal(resample.pixel_unshuffle(up, r), bits)
+    # PyTorch convention: channel c*4 + 2i + j -> pixel (2y+i, 2x+j), chan c.
+    up = np.asarray(up)
+    for c in range(d):
+      for i in range(r):
+        for j in range(r):
+          np.testing.assert_array_equal(up[:, i::r, j::r, c],
+                                        bits[..., c * r * r + r * i + j])
+
+
+if __name__ == '__main__':
+  absltest.main()
