@@ -18,6 +18,7 @@ entropy) tightened where the float32 rounding allows.
 Dimension letters: B batch, Nq queries, Nk keys, H heads, D head dim.
 """
 
+import functools
 import math
 from unittest import mock
 
@@ -44,6 +45,19 @@ _SHAPES = (
     ('q100_k521_d64', 1, 100, 521, 2, 64),
     ('q64_k1_d16', 1, 64, 1, 2, 16),
 )
+
+
+_STATIC = ('scale', 'implementation', 'return_entropy', 'precision',
+           'query_chunk', 'kv_len', 'block_sizes')
+# One compile per call signature instead of op-by-op dispatch: keeps the file
+# fast on a 2-core CPU.
+_attention = jax.jit(attention_lib.attention, static_argnames=_STATIC)
+_reference = jax.jit(attention_lib.entropy_reference, static_argnames='scale')
+
+
+def _fresh_attention():
+  """A new jit cache, for tests that patch what is looked up at trace time."""
+  return jax.jit(attention_lib.attention, static_argnames=_STATIC)
 
 
 def _qkv(batch, num_q, num_k, heads, dim, *, seed=0, dtype=jnp.float32):
@@ -74,8 +88,8 @@ class XlaAttentionTest(parameterized.TestCase):
   @parameterized.named_parameters(*_SHAPES)
   def test_matches_naive_softmax(self, batch, num_q, num_k, heads, dim):
     q, k, v = _qkv(batch, num_q, num_k, heads, dim)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
-    out, ent = attention_lib.attention(q, k, v, return_entropy=True)
+    ref_out, ref_ent = _reference(q, k, v)
+    out, ent = _attention(q, k, v, return_entropy=True)
     chex.assert_shape(out, (batch, num_q, heads, dim))
     chex.assert_shape(ent, (batch, num_q))
     self.assertEqual(ent.dtype, jnp.float32)
@@ -84,8 +98,8 @@ class XlaAttentionTest(parameterized.TestCase):
 
   def test_plain_call_returns_output_only(self):
     q, k, v = _qkv(1, 5, 37, 2, 16)
-    out = attention_lib.attention(q, k, v)
-    with_ent, _ = attention_lib.attention(q, k, v, return_entropy=True)
+    out = _attention(q, k, v)
+    with_ent, _ = _attention(q, k, v, return_entropy=True)
     chex.assert_trees_all_equal(out, with_ent)
 
   def test_cross_attention_scale_and_value_dim(self):
@@ -94,8 +108,8 @@ class XlaAttentionTest(parameterized.TestCase):
     v = jnp.asarray(np.random.default_rng(1).standard_normal((2, 30, 2, 32)),
                     jnp.float32)
     scale = 1 / math.sqrt(64)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v, scale=scale)
-    out, ent = attention_lib.attention(q, k, v, scale=scale,
+    ref_out, ref_ent = _reference(q, k, v, scale=scale)
+    out, ent = _attention(q, k, v, scale=scale,
                                        return_entropy=True)
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
     _assert_entropy_close(ent, ref_ent)
@@ -113,7 +127,8 @@ class XlaAttentionTest(parameterized.TestCase):
 
     @self.variant
     def entropy(q, k, mask):
-      return attention_lib.attention(q, k, k, mask=mask, return_entropy=True)[1]
+      return attention_lib.attention(q, k, k, mask=mask,
+                                     return_entropy=True)[1]
 
     expected = jnp.array([[math.log(4.0) - 0.75 * math.log(3.0),
                            math.log(4.0)]])
@@ -123,16 +138,16 @@ class XlaAttentionTest(parameterized.TestCase):
     # Scales 1², 2², 3², 5² → 39 queries, chunks of 16 (padded last chunk).
     mask = _block_causal_mask((1, 2, 3, 5))
     q, k, v = _qkv(2, 39, 39, 2, 16)
-    full = attention_lib.attention(q, k, v, mask=mask, return_entropy=True)
-    chunked = attention_lib.attention(q, k, v, mask=mask, return_entropy=True,
+    full = _attention(q, k, v, mask=mask, return_entropy=True)
+    chunked = _attention(q, k, v, mask=mask, return_entropy=True,
                                       query_chunk=16)
     chex.assert_trees_all_close(chunked, full, atol=1e-6, rtol=0)
 
   def test_block_causal_mask(self):
     mask = _block_causal_mask((1, 2, 3, 4))  # 30 tokens
     q, k, v = _qkv(2, 30, 30, 2, 16, seed=3)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v, mask=mask)
-    out, ent = attention_lib.attention(q, k, v, mask=mask, return_entropy=True)
+    ref_out, ref_ent = _reference(q, k, v, mask=mask)
+    out, ent = _attention(q, k, v, mask=mask, return_entropy=True)
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
     _assert_entropy_close(ent, ref_ent)
     # The first token attends to itself only: H = 0 exactly (up to rounding).
@@ -145,9 +160,9 @@ class XlaAttentionTest(parameterized.TestCase):
     # Large finite garbage in padded keys: masking must select, not multiply.
     garbage = jnp.where(key_mask[..., None, None], 0.0, 1e4)
     k, v = k + garbage, v + garbage
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v,
+    ref_out, ref_ent = _reference(q, k, v,
                                                        key_mask=key_mask)
-    out, ent = attention_lib.attention(q, k, v, key_mask=key_mask,
+    out, ent = _attention(q, k, v, key_mask=key_mask,
                                        return_entropy=True)
     chex.assert_tree_all_finite((out, ent))
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
@@ -162,9 +177,9 @@ class XlaAttentionTest(parameterized.TestCase):
     for shape in ((2, 1, 8, 21), (1, 2, 8, 21), (2, 2, 8, 21)):
       mask = jnp.asarray(rng.random(shape) < 0.6)
       mask = mask.at[..., 3, :].set(False)  # a fully masked query row
-      ref_out, ref_ent = attention_lib.entropy_reference(
+      ref_out, ref_ent = _reference(
           q, k, v, mask=mask, key_mask=key_mask)
-      out, ent = attention_lib.attention(q, k, v, mask=mask, key_mask=key_mask,
+      out, ent = _attention(q, k, v, mask=mask, key_mask=key_mask,
                                          return_entropy=True)
       chex.assert_tree_all_finite((out, ent))
       chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
@@ -174,15 +189,15 @@ class XlaAttentionTest(parameterized.TestCase):
     q, k, v = _qkv(1, 9, 64, 2, 16, seed=7)
     k_nan = k.at[:, 37:].set(jnp.nan)
     v_nan = v.at[:, 37:].set(jnp.nan)
-    ref = attention_lib.entropy_reference(q, k[:, :37], v[:, :37])
-    got = attention_lib.attention(q, k_nan, v_nan, kv_len=37,
+    ref = _reference(q, k[:, :37], v[:, :37])
+    got = _attention(q, k_nan, v_nan, kv_len=37,
                                   return_entropy=True)
     chex.assert_trees_all_close(got, ref, atol=_OUT_ATOL, rtol=0)
 
   def test_bfloat16_inputs(self):
     q, k, v = _qkv(1, 16, 129, 2, 64, seed=8, dtype=jnp.bfloat16)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
-    out, ent = attention_lib.attention(q, k, v, return_entropy=True)
+    ref_out, ref_ent = _reference(q, k, v)
+    out, ent = _attention(q, k, v, return_entropy=True)
     self.assertEqual(out.dtype, jnp.bfloat16)
     # p is rounded to bf16 before p·v (as in a flash kernel); logits and the
     # entropy stay f32, so only the output sees bf16 rounding.
@@ -200,7 +215,7 @@ class XlaAttentionTest(parameterized.TestCase):
   def test_bad_arguments_raise(self, kwargs):
     q, k, v = _qkv(2, 4, 6, 2, 16)
     with self.assertRaises(ValueError):
-      attention_lib.attention(q, k, v, **kwargs)
+      _attention(q, k, v, **kwargs)
 
 
 def _closed_form_entropy(s):
@@ -212,23 +227,53 @@ def _closed_form_entropy(s):
   return (m[:, 0] + np.log(w.sum(axis=-1))) - (p * s).sum(axis=-1)
 
 
-def _paper_update(carry, s, valid=None, *, exp=jnp.exp):
-  """The paper's pseudo-code recurrence: E' = c·E + Σ p·t (no shift term)."""
-  del valid
+def _paper_update(carry, s, valid, *, exp=jnp.exp):
+  """The paper's pseudo-code recurrence: E' = c·E + Σ p·t (no shift term).
+
+  Masking is handled as in ours, so the shift term is the only difference.
+  """
   m, l, e = carry
-  m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-  t = s - m_new[:, None]
-  p = exp(t)
-  c = jnp.where(m == -jnp.inf, 0.0, exp(m - m_new))
+  m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, -jnp.inf), axis=-1))
+  m_ref = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+  t = s - m_ref[:, None]
+  p = jnp.where(valid, exp(t), 0.0)
+  c = exp(m - m_ref)
   return (m_new, c * l + p.sum(-1), c * e + (p * t).sum(-1)), p, c
 
 
-def _stream(update_fn, s, bounds, order):
-  """Folds key blocks [bounds[i], bounds[i+1]) of s in `order`; returns H."""
-  carry = fae_pallas.init_carry(s.shape[:1])
+_exp2_update = functools.partial(fae_pallas.online_entropy_update,
+                                 exp=jnp.exp2)
+
+
+@functools.partial(jax.jit, static_argnames=('update_fn', 'log'))
+def _fold(blocks, valid, *, update_fn, log=jnp.log):
+  """Streams key blocks (nb, R, W) with validity (nb, R, W); returns H (R,)."""
+
+  def body(carry, block):
+    carry, _, _ = update_fn(carry, *block)
+    return carry, None
+
+  carry, _ = jax.lax.scan(body, fae_pallas.init_carry(blocks.shape[1:2]),
+                          (blocks, valid))
+  return fae_pallas.online_entropy_finalize(carry[1], carry[2], log=log)
+
+
+def _stream(s, bounds, order, *, update_fn=fae_pallas.online_entropy_update,
+            log=jnp.log):
+  """Folds blocks [bounds[i], bounds[i+1]) of s (R, N) in `order`.
+
+  Blocks of different sizes are right-padded to one width with
+  valid = False, so every order reuses one compiled scan.
+  """
+  width = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+  blocks, valid = [], []
   for i in order:
-    carry, _, _ = update_fn(carry, s[:, bounds[i]:bounds[i + 1]])
-  return fae_pallas.online_entropy_finalize(carry[1], carry[2])
+    blk = s[:, bounds[i]:bounds[i + 1]]
+    pad = width - blk.shape[1]
+    blocks.append(np.pad(blk, ((0, 0), (0, pad))))
+    valid.append(np.pad(np.ones(blk.shape, bool), ((0, 0), (0, pad))))
+  return _fold(jnp.asarray(np.stack(blocks), jnp.float32),
+               jnp.asarray(np.stack(valid)), update_fn=update_fn, log=log)
 
 
 class StreamingFormulaTest(parameterized.TestCase):
@@ -251,11 +296,8 @@ class StreamingFormulaTest(parameterized.TestCase):
     expected = _closed_form_entropy(s)
     rng = np.random.default_rng(100 + seed)
     bounds = self._random_blocks(rng)
-    results = []
-    for _ in range(6):
-      order = rng.permutation(len(bounds) - 1)
-      results.append(_stream(fae_pallas.online_entropy_update,
-                             jnp.asarray(s, jnp.float32), bounds, order))
+    results = [_stream(s, bounds, rng.permutation(len(bounds) - 1))
+               for _ in range(6)]
     for h in results:
       _assert_entropy_close(h, expected)
       _assert_entropy_close(h, results[0])
@@ -264,28 +306,21 @@ class StreamingFormulaTest(parameterized.TestCase):
     # The kernel runs the recurrence on log2-e-scaled logits with exp2.
     s = self._logits(3)
     bounds = self._random_blocks(np.random.default_rng(3))
-    carry = fae_pallas.init_carry((8,))
-    for i in range(len(bounds) - 1):
-      blk = jnp.asarray(s[:, bounds[i]:bounds[i + 1]] * math.log2(math.e),
-                        jnp.float32)
-      carry, _, _ = fae_pallas.online_entropy_update(carry, blk, exp=jnp.exp2)
-    h = fae_pallas.online_entropy_finalize(carry[1], carry[2], log=jnp.log2)
-    chex.assert_trees_all_close(h * math.log(2.0), _closed_form_entropy(s),
-                                rtol=1e-5)
+    h = _stream(s * math.log2(math.e), bounds, range(len(bounds) - 1),
+                update_fn=_exp2_update, log=jnp.log2)
+    _assert_entropy_close(h * math.log(2.0), _closed_form_entropy(s))
 
   def test_masked_blocks_and_empty_prefix(self):
     # The first block is fully masked (m stays −inf): no NaN, and masked
     # entries (even huge ones) contribute nothing.
-    s = jnp.asarray(self._logits(4), jnp.float32)
+    s = self._logits(4)
     valid = np.random.default_rng(4).random(s.shape) < 0.5
     valid[:, :50] = False
-    s_garbage = jnp.where(valid, s, 1e30)
-    carry = fae_pallas.init_carry((8,))
-    for lo in range(0, 300, 50):
-      carry, _, _ = fae_pallas.online_entropy_update(
-          carry, s_garbage[:, lo:lo + 50], jnp.asarray(valid[:, lo:lo + 50]))
-    h = fae_pallas.online_entropy_finalize(carry[1], carry[2])
-    expected = [_closed_form_entropy(np.asarray(s)[r:r + 1, valid[r]])[0]
+    s_garbage = np.where(valid, s, 1e30).reshape(8, 6, 50).transpose(1, 0, 2)
+    h = _fold(jnp.asarray(s_garbage, jnp.float32),
+              jnp.asarray(valid.reshape(8, 6, 50).transpose(1, 0, 2)),
+              update_fn=fae_pallas.online_entropy_update)
+    expected = [_closed_form_entropy(s[r:r + 1, valid[r]])[0]
                 for r in range(8)]
     _assert_entropy_close(h, np.array(expected))
 
@@ -293,21 +328,20 @@ class StreamingFormulaTest(parameterized.TestCase):
     s = self._logits(5)
     expected = _closed_form_entropy(s)
     bounds = self._random_blocks(np.random.default_rng(5))
-    s32 = jnp.asarray(s, jnp.float32)
     # Blocks in ascending order of their max: the running max changes at
     # almost every block, which is exactly where the shift term matters.
     block_max = [s[:, a:b].max() for a, b in zip(bounds[:-1], bounds[1:])]
     order = np.argsort(block_max)
-    ours = _stream(fae_pallas.online_entropy_update, s32, bounds, order)
-    paper = _stream(_paper_update, s32, bounds, order)
-    chex.assert_trees_all_close(ours, expected, rtol=1e-5)
+    ours = _stream(s, bounds, order)
+    paper = _stream(s, bounds, order, update_fn=_paper_update)
+    _assert_entropy_close(ours, expected)
     rel_err = np.max(np.abs(np.asarray(paper) - expected) / expected)
     self.assertGreater(rel_err, 1e-1)  # Far outside SPEC's 1e-3.
     # With a single block the max never changes and the slip is invisible,
     # which is why the order test above streams many blocks.
-    one_block = _stream(_paper_update, s32, [0, 300], [0])
-    chex.assert_trees_all_close(one_block, expected, rtol=1e-5)
-    # The paper's final line returns log ℓ − ... negated: H must be ≥ 0.
+    one_block = _stream(s, [0, 300], [0], update_fn=_paper_update)
+    _assert_entropy_close(one_block, expected)
+    # The paper's last line negates H; entropy is never negative.
     self.assertTrue(np.all(np.asarray(ours) >= 0))
 
 
@@ -327,7 +361,7 @@ class PallasInterpretTest(parameterized.TestCase):
   def test_matches_naive_softmax(self, batch, num_q, num_k, heads, dim,
                                  block_q, block_k):
     q, k, v = _qkv(batch, num_q, num_k, heads, dim, seed=num_k)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
+    ref_out, ref_ent = _reference(q, k, v)
     out, ent_bhq = fae_pallas.fae_attention(
         q, k, v, block_q=block_q, block_k=block_k, interpret=True)
     chex.assert_shape(ent_bhq, (batch, heads, num_q))
@@ -337,8 +371,8 @@ class PallasInterpretTest(parameterized.TestCase):
   def test_public_entry_bf16_single_query(self):
     # Through `attention` with its D=128 default tiles (clipped to 16 rows).
     q, k, v = _qkv(2, 1, 521, 2, 128, seed=9, dtype=jnp.bfloat16)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
-    out, ent = attention_lib.attention(q, k, v, implementation='pallas',
+    ref_out, ref_ent = _reference(q, k, v)
+    out, ent = _attention(q, k, v, implementation='pallas',
                                        return_entropy=True)
     chex.assert_trees_all_close(out.astype(jnp.float32), ref_out, atol=2e-2)
     _assert_entropy_close(ent, ref_ent)
@@ -353,10 +387,10 @@ class PallasInterpretTest(parameterized.TestCase):
     k = k.at[:, 21:].set(jnp.nan)
     v = v.at[:, 21:].set(jnp.nan)
     key_mask = jnp.stack([jnp.arange(32) != 2, jnp.zeros(32, bool)])
-    out, ent = attention_lib.attention(
+    out, ent = _attention(
         q, k, v, mask=mask, key_mask=key_mask, kv_len=21,
         implementation='pallas', return_entropy=True, block_sizes=(16, 16))
-    ref_out, ref_ent = attention_lib.entropy_reference(
+    ref_out, ref_ent = _reference(
         q, k[:, :21], v[:, :21], mask=mask[:, :21], key_mask=key_mask[:, :21])
     chex.assert_tree_all_finite((out, ent))
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
@@ -389,10 +423,10 @@ class CudnnRouteTest(absltest.TestCase):
     key_mask = jnp.stack([jnp.ones(37, bool), jnp.zeros(37, bool)])
     with mock.patch.object(fused_attention_stablehlo, 'dot_product_attention',
                            _emulated_cudnn):
-      out, ent = attention_lib.attention(q, k, v, key_mask=key_mask,
+      out, ent = _fresh_attention()(q, k, v, key_mask=key_mask,
                                          implementation='cudnn',
                                          return_entropy=True)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v,
+    ref_out, ref_ent = _reference(q, k, v,
                                                        key_mask=key_mask)
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
     # lse − s̄ cancels ~|s| ≤ 8 in float32: still far inside SPEC's 1e-3.
@@ -408,7 +442,7 @@ class CudnnRouteTest(absltest.TestCase):
     with mock.patch.object(fused_attention_stablehlo, 'dot_product_attention',
                            no_residual):
       with self.assertRaisesRegex(NotImplementedError, "'pallas'"):
-        attention_lib.attention(q, k, v, implementation='cudnn',
+        _fresh_attention()(q, k, v, implementation='cudnn',
                                 return_entropy=True)
 
 

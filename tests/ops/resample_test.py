@@ -4,10 +4,13 @@ Every scale pair used by VAR (256 and 512) and Infinity (1M template and its
 16 x 16 budget), plus non-square and arbitrary sizes, on random tensors.
 Torch is a test dependency; arrays go NHWC -> NCHW for torch and back.
 
-Worst max-abs errors measured against torch 2.13 CPU (x86-64, AVX2), inputs
-~N(0, 1): bicubic 4.8e-7, bilinear 4.8e-7, area 2.4e-7; nearest and pixel
-(un)shuffle are exact. The weight matrices themselves are bit-identical to
-torch's for every in, out in [1, 69] in all three modes.
+Worst max-abs errors against torch 2.13 CPU (x86-64, AVX2) on this file's
+N(0, 1) inputs: bicubic 4.8e-7, bilinear 4.8e-7, area 2.4e-7; nearest and
+pixel (un)shuffle are exact. A larger run (8 x 32 samples per pair) reached
+bicubic 9.5e-7, bilinear 7.2e-7, area 3.0e-7: one or two float32 ulps of
+outputs near |4|, from XLA's dot summing in another order than torch's FMA
+chain. The weight matrices themselves are bit-identical to torch's for every
+in, out in [1, 69] in all three modes (WeightMatrixTest checks a subset).
 
 Dimension letters: B batch, H/W input size, h/w output size, C channels.
 """
@@ -116,6 +119,12 @@ class WeightMatrixTest(parameterized.TestCase):
 
   @parameterized.parameters("bicubic", "bilinear", "area")
   def test_bit_exact(self, mode):
+    if (mode != "area" and
+        torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512")):
+      # Our weights replay the FMAs of torch's AVX2/AVX512 kernels; other
+      # builds round differently (by ~1 ulp), which only the parity tests'
+      # tolerance covers.
+      self.skipTest("torch kernel without FMA contraction")
     build = {"bicubic": resample._bicubic_matrix,
              "bilinear": resample._bilinear_matrix,
              "area": resample._area_matrix}[mode]

@@ -188,7 +188,11 @@ class VQVAEConfig:
     import numpy as np  # local: config stays import-light
     k = len(self.patch_nums)
     n = self.share_quant_resi
-    ticks = np.linspace(1 / 3 / n, 1 - 1 / 3 / n, n)
+    # The official tick spacing is 1/(3n) for n = 4 and 1/(2n) otherwise.
+    if n == 4:
+      ticks = np.linspace(1 / 3 / n, 1 - 1 / 3 / n, n)
+    else:
+      ticks = np.linspace(1 / 2 / n, 1 - 1 / 2 / n, n)
     return tuple(int(np.argmin(np.abs(ticks - (i / (k - 1))))) for i in range(k))
 
 

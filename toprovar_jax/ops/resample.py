@@ -198,8 +198,9 @@ def _separable_resize(x: jax.Array, size, matrix_fn) -> jax.Array:
   _, in_h, in_w, _ = x.shape
   y = x.astype(jnp.float32)
   highest = jax.lax.Precision.HIGHEST
-  # Columns first, then rows: torch's kernels nest the W taps inside the H
-  # taps, and this order halves the worst rounding difference from torch.
+  # Columns first, then rows, as torch nests the W taps inside the H taps:
+  # measured, ~35% instead of ~53% of bicubic outputs differ from torch by an
+  # ulp or two (the worst case, 2 ulp, is the same in both orders).
   # Equal sizes give exact identity matrices in every mode; skipping the
   # product keeps those axes bit-exact and saves the work.
   if in_w != out_w:
