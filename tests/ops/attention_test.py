@@ -49,15 +49,25 @@ _SHAPES = (
 
 _STATIC = ('scale', 'implementation', 'return_entropy', 'precision',
            'query_chunk', 'kv_len', 'block_sizes')
-# One compile per call signature instead of op-by-op dispatch: keeps the file
-# fast on a 2-core CPU.
-_attention = jax.jit(attention_lib.attention, static_argnames=_STATIC)
-_reference = jax.jit(attention_lib.entropy_reference, static_argnames='scale')
+# Compile time dominates this file on a 2-core CPU. One jit per call
+# signature (not op-by-op dispatch), and LLVM at -O0: 4-10x faster compiles.
+# That option changes machine code only, not the HLO, the fusion decisions or
+# the float32 arithmetic being tested; `test_golden_entropy` (with_jit) and
+# `test_default_compiler_options` keep the default pipeline covered.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0}
+_attention = jax.jit(attention_lib.attention, static_argnames=_STATIC,
+                     compiler_options=_FAST_COMPILE)
+_reference = jax.jit(attention_lib.entropy_reference, static_argnames='scale',
+                     compiler_options=_FAST_COMPILE)
+_fae = jax.jit(fae_pallas.fae_attention,
+               static_argnames=('block_q', 'block_k', 'interpret'),
+               compiler_options=_FAST_COMPILE)
 
 
 def _fresh_attention():
   """A new jit cache, for tests that patch what is looked up at trace time."""
-  return jax.jit(attention_lib.attention, static_argnames=_STATIC)
+  return jax.jit(attention_lib.attention, static_argnames=_STATIC,
+                 compiler_options=_FAST_COMPILE)
 
 
 def _qkv(batch, num_q, num_k, heads, dim, *, seed=0, dtype=jnp.float32):
@@ -93,6 +103,14 @@ class XlaAttentionTest(parameterized.TestCase):
     chex.assert_shape(out, (batch, num_q, heads, dim))
     chex.assert_shape(ent, (batch, num_q))
     self.assertEqual(ent.dtype, jnp.float32)
+    chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
+    _assert_entropy_close(ent, ref_ent)
+
+  def test_default_compiler_options(self):
+    q, k, v = _qkv(2, 36, 129, 2, 128)
+    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
+    out, ent = jax.jit(attention_lib.attention, static_argnames=_STATIC)(
+        q, k, v, return_entropy=True)
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
     _assert_entropy_close(ent, ref_ent)
 
@@ -245,7 +263,8 @@ _exp2_update = functools.partial(fae_pallas.online_entropy_update,
                                  exp=jnp.exp2)
 
 
-@functools.partial(jax.jit, static_argnames=('update_fn', 'log'))
+@functools.partial(jax.jit, static_argnames=('update_fn', 'log'),
+                   compiler_options=_FAST_COMPILE)
 def _fold(blocks, valid, *, update_fn, log=jnp.log):
   """Streams key blocks (nb, R, W) with validity (nb, R, W); returns H (R,)."""
 
@@ -362,7 +381,7 @@ class PallasInterpretTest(parameterized.TestCase):
                                  block_q, block_k):
     q, k, v = _qkv(batch, num_q, num_k, heads, dim, seed=num_k)
     ref_out, ref_ent = _reference(q, k, v)
-    out, ent_bhq = fae_pallas.fae_attention(
+    out, ent_bhq = _fae(
         q, k, v, block_q=block_q, block_k=block_k, interpret=True)
     chex.assert_shape(ent_bhq, (batch, heads, num_q))
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)

@@ -68,6 +68,30 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
   return out.reshape(x.shape).astype(dtype)
 
 
+def gather_tokens(x: Array, idx: Array) -> Array:
+  """x (B, N, ...) , idx (B, K) int -> (B, K, ...)."""
+  return jnp.take_along_axis(
+      x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def scatter_tokens(x: Array, idx: Array, values: Array, *,
+                   add: bool) -> Array:
+  """Writes (add=False) or adds (add=True) values (B, K, C) at idx (B, K)."""
+  b = jnp.arange(x.shape[0])[:, None]
+  return x.at[b, idx].add(values) if add else x.at[b, idx].set(values)
+
+
+def gather_rope(rope, idx: Array):
+  """Full-scale (cos, sin) (N, D/2) -> per-row tables at kept positions.
+
+  Kept tokens keep their true 2-D positions (SPEC §3).
+  """
+  if rope is None:
+    return None
+  cos, sin = rope
+  return cos[idx], sin[idx]
+
+
 def rope_positions(cfg: config_lib.TransformerConfig) -> np.ndarray:
   """(L, 2) int32 (row, col) of every token on the RoPE grid.
 
@@ -261,7 +285,8 @@ class Block(nn.Module):
   def __call__(self, x: Array, ada_in: Array, *, rope=None,
                kv_prefix: Optional[KV] = None, mask: Optional[Array] = None,
                text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
-               impl: str = "xla", return_entropy: bool = False):
+               impl: str = "xla", return_entropy: bool = False,
+               return_branches: bool = False):
     """Dense block on all N tokens.
 
     Args:
@@ -270,8 +295,10 @@ class Block(nn.Module):
       rope, kv_prefix, mask, impl, return_entropy: see SelfAttention.
       text_kv: per-block text (k, v) (Infinity), from `text_kv`.
       text_mask: (B, T) bool, True = real text token.
+      return_branches: also return the branch outputs (γ1·SA, [CA,] γ2·FFN),
+        each (B, N, C), for FastVAR-style cached restoration.
     Returns:
-      x (B, N, C) fp32, (k, v) of the N tokens[, entropy (B, N)].
+      x (B, N, C) fp32, (k, v) of the N tokens[, entropy (B, N)][, branches].
     """
     eps = self.cfg.norm_eps
     g1, g2, s1, s2, b1, b2 = self.modulation(ada_in)
@@ -279,13 +306,74 @@ class Block(nn.Module):
     res = self.sa(h.astype(self.dtype), rope=rope, kv_prefix=kv_prefix,
                   mask=mask, impl=impl, return_entropy=return_entropy)
     a, kv = res[0], res[1]
-    x = x + a.astype(jnp.float32) * g1
+    branches = [a.astype(jnp.float32) * g1]
+    x = x + branches[-1]
     if self.cfg.style == "infinity":
-      c = self.ca(self.ca_norm(x).astype(self.dtype), text_kv, text_mask,
-                  impl=impl)
-      x = x + c.astype(jnp.float32)
+      branches.append(self.ca(self.ca_norm(x).astype(self.dtype), text_kv,
+                              text_mask, impl=impl).astype(jnp.float32))
+      x = x + branches[-1]
     h = layer_norm(x, eps) * (1.0 + s2) + b2
-    x = x + self.ffn(h.astype(self.dtype)).astype(jnp.float32) * g2
+    branches.append(self.ffn(h.astype(self.dtype)).astype(jnp.float32) * g2)
+    x = x + branches[-1]
+    out = (x, kv)
     if return_entropy:
-      return x, kv, res[2]
+      out += (res[2],)
+    if return_branches:
+      out += (tuple(branches),)
+    return out
+
+  def sparse(self, x: Array, ada_in: Array, *, idx: Optional[Array],
+             select_fn=None, rope=None, kv_prefix: Optional[KV] = None,
+             text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
+             cached: Optional[Tuple[Array, ...]] = None, impl: str = "xla"):
+    """The block on K kept tokens of the full stream x (an "S" layer).
+
+    Every sub-layer (SA, CA, FFN) gathers its kept tokens from the current
+    full stream, runs on them only and writes its output back:
+      passthrough (cached=None): pruned tokens are left unchanged;
+      cached: pruned tokens receive the cached branch output (FastVAR's cached
+        token restoration), kept tokens their fresh output.
+    With `idx` given the kept set is the same for all sub-layers (select
+    "scale"); with idx=None `select_fn(x) -> (B, K)` re-chooses it before every
+    sub-layer (select "sublayer").
+
+    Args:
+      x: (B, N, C) fp32 full residual stream.
+      ada_in: see __call__.
+      idx: (B, K) sorted kept indices, or None.
+      select_fn: (B, N, C) -> (B, K) when idx is None.
+      rope: full-scale (cos, sin) (N, D/2) or None.
+      kv_prefix: cache of earlier scales (B, P, H, D) x 2, or None.
+      text_kv, text_mask: cross-attention context (Infinity).
+      cached: per-branch outputs (B, N, C) resized to this scale, or None.
+      impl: attention implementation.
+    Returns:
+      x (B, N, C), (k, v) of the K tokens the self-attention ran on.
+    """
+    eps = self.cfg.norm_eps
+    g1, g2, s1, s2, b1, b2 = self.modulation(ada_in)
+    pick = (lambda x: idx) if idx is not None else select_fn
+
+    def restore(x, i, out, n):
+      if cached is None:
+        return scatter_tokens(x, i, out, add=True)
+      full = scatter_tokens(cached[n].astype(jnp.float32), i, out, add=False)
+      return x + full
+
+    i = pick(x)
+    h = layer_norm(gather_tokens(x, i), eps) * (1.0 + s1) + b1
+    a, kv = self.sa(h.astype(self.dtype), rope=gather_rope(rope, i),
+                    kv_prefix=kv_prefix, impl=impl)
+    x = restore(x, i, a.astype(jnp.float32) * g1, 0)
+    n = 1
+    if self.cfg.style == "infinity":
+      i = pick(x)
+      c = self.ca(self.ca_norm(gather_tokens(x, i)).astype(self.dtype),
+                  text_kv, text_mask, impl=impl)
+      x = restore(x, i, c.astype(jnp.float32), n)
+      n += 1
+    i = pick(x)
+    h = layer_norm(gather_tokens(x, i), eps) * (1.0 + s2) + b2
+    f = self.ffn(h.astype(self.dtype)).astype(jnp.float32) * g2
+    x = restore(x, i, f, n)
     return x, kv

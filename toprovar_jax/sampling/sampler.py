@@ -31,7 +31,9 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents as latents_lib
+from toprovar_jax.ops import resample
 from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sampling import selection
 from toprovar_jax.sampling import strategies
 
 Array = jax.Array
@@ -47,12 +49,15 @@ class SamplingConfig:
     top_p: nucleus threshold (0 = off).
     return_logits: also return the guided logits of every scale (parity and
       analysis; costs B·L·V floats).
+    record_entropy: compute the attention entropy of every F layer and return
+      it per scale (calibration; costs one entropy pass per layer).
     attn_impl: attention implementation ("xla", "cudnn", "pallas", "auto").
     dtype: compute dtype name of the transformer ("float32" / "bfloat16").
   """
   top_k: int = 0
   top_p: float = 0.0
   return_logits: bool = False
+  record_entropy: bool = False
   attn_impl: str = "xla"
   dtype: str = "float32"
 
@@ -62,14 +67,19 @@ class Generation:
   """What one call of the sampler returns.
 
   Attributes:
-    tokens: VAR (B, L) int32 code indices; Infinity (B, L, d) uint8 bits.
+    tokens: VAR (B, L) int32 code indices; Infinity (B, L, d) uint8 bits;
+      L counts the generated scales only (those before the plan's exit).
     latent: VAR f̂ (B, Hf, Wf, Cvae); Infinity summed codes (B, Hf, Wf, d').
       Scales at or past the plan's exit are absent from both.
     logits: guided logits (B, L, V) when `return_logits`, else None.
+    entropy: with `record_entropy`, per generated scale an (L, B, N_s) array
+      of head-mean attention entropies of the conditional rows (NaN for layers
+      that are not F at that scale), else None.
   """
   tokens: Array
   latent: Array
   logits: Optional[Array] = None
+  entropy: Optional[Tuple[Array, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -124,98 +134,247 @@ class Sampler:
                 text_mask, forced) -> Generation:
     cfg = self.model
     plan = self.resolved_plan
-    _require_dense(plan, cfg)
     dtype = self.compute_dtype
+    impl = self.sampling.attn_impl
     stem = transformer.stem_module(cfg, dtype)
-    sp = {"params": params["stem"]}
+    block = transformer.block_module(cfg, dtype)
+    sp_stem = {"params": params["stem"]}
     acc = latents_lib.for_model(cfg, self.tokenizer)
 
     # -- conditioning for the doubled batch [cond; uncond] --------------------
+    rope_cos = rope_sin = None
     if cfg.style == "var":
       b = labels.shape[0]
       lab2 = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)])
-      cond = stem.apply(sp, labels=lab2, method=transformer.Stem.condition)
+      cond = stem.apply(sp_stem, labels=lab2, method=transformer.Stem.condition)
       tkv = None
     else:
       b = text.shape[0]
-      unc = stem.apply(sp, text_mask, method=transformer.Stem.uncond_text)
-      cond = stem.apply(sp, text=jnp.concatenate([text, unc]),
+      unc = stem.apply(sp_stem, text_mask, method=transformer.Stem.uncond_text)
+      cond = stem.apply(sp_stem, text=jnp.concatenate([text, unc]),
                         text_mask=jnp.concatenate([text_mask, text_mask]),
                         method=transformer.Stem.condition)
       tkv = transformer.text_kv_all(params, cfg, cond.text.astype(dtype), dtype)
       rope_cos, rope_sin = layers.rope_tables(
           layers.rope_positions(cfg), cfg.head_dim, cfg.rope_base)
 
-    num_gen = plan.exit_scale if plan.exit_scale is not None else cfg.num_scales
+    # -- static cache layout from the plan ------------------------------------
+    num_gen = plan.num_generated
     off = cfg.scale_offsets
-    cap = off[num_gen - 1]  # cache: every generated scale but the last
+    segments = plan_lib.layer_segments(plan)
+    seg_of = {l: i for i, (a, z) in enumerate(segments) for l in range(a, z)}
+    write_off = plan_lib.kv_write_offsets(plan)
     h, dh = cfg.num_heads, cfg.head_dim
-    k_cache = jnp.zeros((cfg.depth, 2 * b, cap, h, dh), dtype)
-    v_cache = jnp.zeros_like(k_cache)
-    block = transformer.block_module(cfg, dtype)
-    impl = self.sampling.attn_impl
+    caches = []
+    for a, z in segments:
+      # Keys of the last generated scale are never read again.
+      cap = sum(plan_lib.tokens_written(plan, s, a) for s in range(num_gen - 1))
+      k = jnp.zeros((z - a, 2 * b, cap, h, dh), dtype)
+      caches.append((k, jnp.zeros_like(k)))
+    cache_scales = {p.cache_from for p in plan.scales if p.restore == "cached"}
+    branch_store: Dict[int, Dict[int, Tuple[Array, ...]]] = {}
 
     latent = acc.init(b)
     x = cond.x0
-    tokens, all_logits = [], []
+    guided = True
+    prev_entropy, prev_hw = None, None
+    tokens, all_logits, entropies = [], [], []
     for si in range(num_gen):
-      a, e = off[si], off[si + 1]
+      sp = plan.scales[si]
+      if guided and not sp.guidance:
+        # SkipVAR branch drop: from here on only the conditional half runs.
+        guided = False
+        half = lambda t: None if t is None else t[:b]
+        x = x[:b]
+        cond = jax.tree.map(half, cond)
+        tkv = None if tkv is None else jax.tree.map(lambda t: t[:, :b], tkv)
+        caches = [(k[:, :b], v[:, :b]) for k, v in caches]
+        prev_entropy = half(prev_entropy)
+        branch_store = jax.tree.map(half, branch_store)
+      rows = 2 * b if guided else b
+      a_tok, e_tok = off[si], off[si + 1]
+      n = e_tok - a_tok
+      hw = cfg.schedule[si]
       rope = None
-      if cfg.style == "infinity":
-        rope = (jnp.asarray(rope_cos[a:e]), jnp.asarray(rope_sin[a:e]))
+      if rope_cos is not None:
+        rope = (jnp.asarray(rope_cos[a_tok:e_tok]),
+                jnp.asarray(rope_sin[a_tok:e_tok]))
+      runs = plan_lib.runs_at_scale(plan, si,
+                                    split_at_probe=sp.probe_layer is not None)
+      record_branches = si in cache_scales
+      idx = None
+      probe_entropy = None
+      layer_entropy = []
 
-      def body(x, xs, si=si, a=a, e=e, rope=rope):
-        p, kc, vc, tkv_l = xs
-        prefix = (kc[:, :a], vc[:, :a]) if a > 0 else None
-        kw = {}
-        if cfg.style == "infinity":
-          kw = dict(text_kv=tkv_l, text_mask=cond.text_mask)
-        x, (k, v) = block.apply({"params": p}, x, cond.ada_in, rope=rope,
-                                kv_prefix=prefix, impl=impl, **kw)
-        if si < num_gen - 1:
-          kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, a, 0, 0))
-          vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, a, 0, 0))
-        return x, (kc, vc)
+      def choose(x, sp=sp, hw=hw, n=n):
+        """Kept indices (rows, K) for a kept set chosen once per scale."""
+        if sp.keep == n and sp.scorer == "none":
+          return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (x.shape[0], n))
+        if sp.scorer == "frequency":
+          scores = selection.frequency_scores(x)
+        elif sp.entropy_from == "probe":
+          scores = selection.entropy_keep_scores(probe_entropy)
+        else:
+          scores = selection.entropy_keep_scores(
+              selection.resize_entropy(prev_entropy, prev_hw, hw))
+        return selection.select(scores, sp.keep, share_cfg=sp.share_cfg,
+                                batch=b)
 
-      x, (k_cache, v_cache) = jax.lax.scan(
-          body, x, (params["blocks"], k_cache, v_cache, tkv))
-      logits = stem.apply(sp, x, cond.cond, method=transformer.Stem.logits)
+      for run in runs:
+        if run.letter == "X":
+          continue
+        seg = seg_of[run.start]
+        s0, s1 = segments[seg]
+        lo, hi = run.start - s0, run.stop - s0
+        take = lambda t, lo=lo, hi=hi, n_all=s1 - s0: (
+            t if (lo, hi) == (0, n_all) else t[lo:hi])
+        p_run = jax.tree.map(lambda t: t[run.start:run.stop], params["blocks"])
+        kc, vc = caches[seg]
+        kc_r, vc_r = take(kc), take(vc)
+        tkv_r = None if tkv is None else jax.tree.map(
+            lambda t: t[run.start:run.stop], tkv)
+        wo = write_off[si][run.start]
+        write = si < num_gen - 1
+        is_probe = (sp.probe_layer is not None
+                    and run.start == sp.probe_layer == run.stop - 1)
+        want_entropy = is_probe or self.sampling.record_entropy
+        ctx = ({} if cfg.style == "var" else
+               dict(text_mask=cond.text_mask))
+
+        def write_kv(kc, vc, k, v, wo=wo, write=write):
+          if not write:
+            return kc, vc
+          kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, wo, 0, 0))
+          vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, wo, 0, 0))
+          return kc, vc
+
+        def prefix_of(kc, vc, wo=wo):
+          return (kc[:, :wo], vc[:, :wo]) if wo > 0 else None
+
+        if run.letter == "F":
+          def body(x, xs, rope=rope, want_entropy=want_entropy, ctx=ctx,
+                   write_kv=write_kv, prefix_of=prefix_of,
+                   record=record_branches):
+            p, kc, vc, tkv_l = xs
+            out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
+                              kv_prefix=prefix_of(kc, vc), text_kv=tkv_l,
+                              impl=impl, return_entropy=want_entropy,
+                              return_branches=record, **ctx)
+            x, (k, v) = out[0], out[1]
+            extra = out[2:]
+            return x, (write_kv(kc, vc, k, v), extra)
+          x, ((kc_r, vc_r), extra) = jax.lax.scan(
+              body, x, (p_run, kc_r, vc_r, tkv_r))
+          extra = list(extra)
+          if want_entropy:
+            ent = extra.pop(0)  # (layers, rows, n)
+            if is_probe:
+              probe_entropy = ent[0]
+            layer_entropy.append((run.start, ent))
+          if record_branches:
+            br = extra.pop(0)  # tuple of (layers, rows, n, C)
+            for j, l in enumerate(range(run.start, run.stop)):
+              branch_store.setdefault(si, {})[l] = tuple(t[j] for t in br)
+        else:  # "S"
+          if idx is None and sp.select == "scale":
+            idx = choose(x)
+          if sp.select == "scale" and sp.restore == "passthrough":
+            # Gather once for the whole run; pruned tokens pass unchanged.
+            xk = layers.gather_tokens(x, idx)
+            rope_k = layers.gather_rope(rope, idx)
+
+            def body(xk, xs, rope_k=rope_k, ctx=ctx, write_kv=write_kv,
+                     prefix_of=prefix_of):
+              p, kc, vc, tkv_l = xs
+              xk, (k, v) = block.apply({"params": p}, xk, cond.ada_in,
+                                       rope=rope_k, kv_prefix=prefix_of(kc, vc),
+                                       text_kv=tkv_l, impl=impl, **ctx)
+              return xk, write_kv(kc, vc, k, v)
+            xk, (kc_r, vc_r) = jax.lax.scan(body, xk, (p_run, kc_r, vc_r, tkv_r))
+            x = layers.scatter_tokens(x, idx, xk, add=False)
+          else:
+            cached = None
+            if sp.restore == "cached":
+              src = branch_store[sp.cache_from]
+              src_hw = cfg.schedule[sp.cache_from]
+              cached = tuple(
+                  jnp.stack([_resize_tokens(src[l][j], src_hw, hw)
+                             for l in range(run.start, run.stop)])
+                  for j in range(len(src[run.start])))
+            select_fn = None
+            if idx is None:
+              select_fn = lambda x, sp=sp: selection.select(
+                  selection.frequency_scores(x), sp.keep,
+                  share_cfg=sp.share_cfg, batch=b)
+
+            def body(x, xs, idx=idx, select_fn=select_fn, rope=rope, ctx=ctx,
+                     write_kv=write_kv, prefix_of=prefix_of):
+              p, kc, vc, tkv_l, cached_l = xs
+              x, (k, v) = block.apply(
+                  {"params": p}, x, cond.ada_in, idx=idx, select_fn=select_fn,
+                  rope=rope, kv_prefix=prefix_of(kc, vc), text_kv=tkv_l,
+                  cached=cached_l, impl=impl, method=layers.Block.sparse, **ctx)
+              return x, write_kv(kc, vc, k, v)
+            x, (kc_r, vc_r) = jax.lax.scan(
+                body, x, (p_run, kc_r, vc_r, tkv_r, cached))
+        if (lo, hi) == (0, s1 - s0):
+          caches[seg] = (kc_r, vc_r)
+        else:
+          caches[seg] = (kc.at[lo:hi].set(kc_r), vc.at[lo:hi].set(vc_r))
+
+      if probe_entropy is not None:
+        prev_entropy, prev_hw = probe_entropy, hw
+      if self.sampling.record_entropy:
+        entropies.append(_assemble_entropy(layer_entropy, cfg.depth, b, n))
+
+      logits = stem.apply(sp_stem, x, cond.cond, method=transformer.Stem.logits)
       logits = logits.astype(jnp.float32)
       if cfg.style == "var":
-        guided = strategies.guide_var(logits, cfg_scale, si, cfg.num_scales)
-        choice = strategies.sample(jax.random.fold_in(rng, si), guided,
+        guided_logits = (strategies.guide_var(logits, cfg_scale, si,
+                                              cfg.num_scales)
+                         if guided else logits)
+        choice = strategies.sample(jax.random.fold_in(rng, si), guided_logits,
                                    top_k=self.sampling.top_k,
                                    top_p=self.sampling.top_p)
-        if forced is not None:
-          choice = forced[:, a:e].astype(jnp.int32)
       else:
-        guided = strategies.guide_infinity(logits, cfg_scale, tau)
-        pairs = guided.reshape(b, e - a, cfg.latent_dim, 2)
+        guided_logits = (strategies.guide_infinity(logits, cfg_scale, tau)
+                         if guided else logits / tau)
+        pairs = guided_logits.reshape(b, n, cfg.latent_dim, 2)
         choice = strategies.sample(jax.random.fold_in(rng, si), pairs,
                                    top_k=min(self.sampling.top_k, 2),
                                    top_p=self.sampling.top_p)
-        if forced is not None:
-          choice = forced[:, a:e].astype(jnp.int32)
+      if forced is not None:
+        choice = forced[:, a_tok:e_tok].astype(jnp.int32)
       tokens.append(choice)
       if self.sampling.return_logits:
-        all_logits.append(guided)
+        all_logits.append(guided_logits)
       latent = acc.add(vae_params, latent, choice, si)
       if si < num_gen - 1:
         feat = acc.next_input(vae_params, latent, si + 1)
-        x = stem.apply(sp, feat, si + 1, method=transformer.Stem.embed)
-        x = jnp.concatenate([x, x], axis=0)
+        x = stem.apply(sp_stem, feat, si + 1, method=transformer.Stem.embed)
+        if guided:
+          x = jnp.concatenate([x, x], axis=0)
 
     toks = jnp.concatenate(tokens, axis=1)
     if cfg.style == "infinity":
       toks = toks.astype(jnp.uint8)
     lg = jnp.concatenate(all_logits, axis=1) if all_logits else None
-    return Generation(tokens=toks, latent=latent, logits=lg)
+    return Generation(tokens=toks, latent=latent, logits=lg,
+                      entropy=tuple(entropies) if entropies else None)
 
 
-def _require_dense(plan: plan_lib.SparsityPlan, cfg) -> None:
-  """Step 1 executes the all-F plan; sparse execution lands with step 2."""
-  dense = plan_lib.dense_plan(cfg)
-  if plan.scales != dense.scales or plan.exit_scale is not None:
-    raise NotImplementedError(
-        f"plan {plan.name!r}: only the dense (all-F) plan executes in this "
-        "version; sparse execution is issue 3 (step 2).")
+def _resize_tokens(t: Array, src_hw, dst_hw) -> Array:
+  """(R, h'w', C) branch map -> (R, hw, C) by area resize (FastVAR)."""
+  r, _, c = t.shape
+  m = resample.area_resize(t.reshape(r, src_hw[0], src_hw[1], c).astype(
+      jnp.float32), tuple(dst_hw))
+  return m.reshape(r, -1, c)
+
+
+def _assemble_entropy(parts, depth: int, b: int, n: int) -> Array:
+  """Per-layer entropy of the conditional rows (L, B, N); NaN where a layer
+  did not record it (X / S layers)."""
+  out = jnp.full((depth, b, n), jnp.nan, jnp.float32)
+  for start, ent in parts:
+    out = out.at[start:start + ent.shape[0]].set(ent[:, :b].astype(jnp.float32))
+  return out
