@@ -34,3 +34,22 @@ def load_reference(name: str) -> dict:
   if not out:
     raise FileNotFoundError(f"no reference files for {name!r} under {d}")
   return out
+
+
+def micro_infinity():
+  """A 4-scale, 3-layer Infinity-style config that compiles fast on CPU."""
+  from toprovar_jax.models import config as config_lib
+  return config_lib.TransformerConfig(
+      name="micro_infinity", style="infinity", depth=3, width=64, num_heads=2,
+      mlp_hidden=128, schedule=config_lib.square_schedule((1, 2, 4, 6)),
+      latent_dim=4, shared_aln=True, num_level_embeds=15, text_dim=128,
+      text_maxlen=16, rope_grid=(64, 64))
+
+
+def micro_var():
+  """A 4-scale, 3-layer VAR-style config (needs a VQVAE for its latents)."""
+  from toprovar_jax.models import config as config_lib
+  return config_lib.TransformerConfig(
+      name="micro_var", style="var", depth=3, width=64, num_heads=2,
+      mlp_hidden=256, schedule=config_lib.square_schedule((1, 2, 3, 4)),
+      latent_dim=8, vocab_size=32, num_classes=10, num_level_embeds=4)

@@ -15,12 +15,16 @@ computes it exactly (no sampling, no approximation):
 - 'xla': one pass of the FAE recurrence over all keys (see `fae_pallas`),
   i.e. the closed form H = logsumexp(s) − Σ_j p_j s_j written about the row
   max m: H = log ℓ − E/ℓ with ℓ = Σ exp(s − m), E = Σ exp(s − m)(s − m).
-  Only the logits and the probabilities are (B, H, Nq, Nk) tensors; the E
-  reduction fuses into its producer. `query_chunk` bounds their size.
+  Entropy adds two row reductions (ℓ, E) over the logits and probabilities
+  that the output needs anyway, no (B, H, Nq, Nk) tensor of its own (XLA
+  CPU peak temp: 2.3 f32 logits-sized buffers vs 1.5 without entropy, same
+  as the naive reference). `query_chunk` bounds all of them.
 - 'cudnn': with scale folded into s, Σ_j p_j s_j = scale · q·(Σ_j p_j k_j),
   so one cuDNN flash call with values [V | K] (head dim Dv + D) returns the
   output and k̄ = Σ_j p_j k_j, and its softmax statistic is lse = logsumexp(s):
-  H = lse − scale · q·k̄ (docs/ANCHORS.md: +63 % over plain cuDNN).
+  H = lse − scale · q·k̄ (docs/ANCHORS.md: +63 % over plain cuDNN). cuDNN
+  needs bf16/f16, D + Dv ≤ 256 (Hopper) and, with a mask and entropy, even
+  Nq and Nk (JAX's check for the kernel that emits the statistic).
 - 'pallas': the fused FAE kernel (`fae_pallas.fae_attention`), one extra
   running accumulator next to the flash-attention ones.
 
@@ -48,7 +52,7 @@ _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 # Tiles of the Pallas kernel per head dim. 64×64 keeps the f32 accumulators
 # (O, m, ℓ, E) in registers with 4 warps for D ≤ 64; D = 128 on Hopper takes
 # 128 query rows with 8 warps, as the Triton flash-attention reference does.
-# To be tuned on the GPU (see the module report); they are jit-static.
+# Not yet tuned on the GPU; they are jit-static.
 _PALLAS_BLOCKS = {64: (64, 64), 128: (128, 64)}
 
 
@@ -111,12 +115,15 @@ def attention(
   if implementation == 'pallas':
     if block_sizes is None:
       block_sizes = _PALLAS_BLOCKS.get(q.shape[-1], (64, 64))
-    out, entropy = fae_pallas.fae_attention(
+    result = fae_pallas.fae_attention(
         q, k, v, mask, key_mask, scale=float(scale), kv_len=kv_len,
-        block_q=block_sizes[0], block_k=block_sizes[1],
-        interpret=jax.default_backend() == 'cpu', precision=precision)
-    entropy = jnp.mean(entropy, axis=1)  # (B, H, Nq) -> (B, Nq)
-    return (out, entropy) if return_entropy else out
+        return_entropy=return_entropy, block_q=block_sizes[0],
+        block_k=block_sizes[1], interpret=jax.default_backend() != 'gpu',
+        precision=precision)
+    if not return_entropy:
+      return result
+    out, entropy = result
+    return out, jnp.mean(entropy, axis=1)  # (B, H, Nq) -> (B, Nq)
 
   if kv_len is not None and kv_len < k.shape[1]:
     # A static slice: XLA copies the prefix (cheap next to the attention).

@@ -67,6 +67,7 @@ def online_entropy_update(
     valid: jax.Array | None = None,
     *,
     exp: Callable[[jax.Array], jax.Array] = jnp.exp,
+    with_entropy: bool = True,
 ) -> tuple[FaeCarry, jax.Array, jax.Array]:
   """Folds one block of logits into the FAE carry (exact, SPEC §4).
 
@@ -79,6 +80,8 @@ def online_entropy_update(
     valid: optional bool, broadcastable to (R, Bk); False = masked out.
       Masked entries may hold any finite value.
     exp: jnp.exp (nats) or jnp.exp2 (logits in log2 units).
+    with_entropy: False leaves E untouched (plain flash attention), so the
+      kernel can be timed with and without the extra accumulator.
 
   Returns:
     (new carry, p (R, Bk) = exp(s − m') with masked entries 0,
@@ -102,8 +105,9 @@ def online_entropy_update(
   # (−inf)·0 would be NaN, hence the select.
   shift = jnp.where(m == _NEG_INF, 0.0, m - m_ref)
   l_new = c * l + jnp.sum(p, axis=-1)
-  e_new = c * (e + shift * l) + jnp.sum(p * t, axis=-1)
-  return (m_new, l_new, e_new), p, c
+  if with_entropy:
+    e = c * (e + shift * l) + jnp.sum(p * t, axis=-1)
+  return (m_new, l_new, e), p, c
 
 
 def online_entropy_finalize(
@@ -120,13 +124,15 @@ def online_entropy_finalize(
 def _fae_kernel(
     q_ref, k_ref, v_ref, *rest,
     scale_log2: float, block_q: int, block_k: int, num_queries: int,
-    kv_len: int, has_mask: bool, has_key_mask: bool, precision,
+    kv_len: int, has_mask: bool, has_key_mask: bool, with_entropy: bool,
+    precision,
 ):
   """One (query block, batch, head) program: q/o (Nq, ·), k/v (Nk, ·)."""
   rest = list(rest)
   mask_ref = rest.pop(0) if has_mask else None
   key_mask_ref = rest.pop(0) if has_key_mask else None
-  o_ref, ent_ref = rest
+  o_ref = rest.pop(0)
+  ent_ref = rest.pop(0) if with_entropy else None
 
   q_start = pl.program_id(0) * block_q
   q_rows = q_start + jnp.arange(block_q)
@@ -170,8 +176,8 @@ def _fae_kernel(
       row = plgpu.load(key_mask_ref.at[k_slice], mask=k_in,
                        other=0 if k_in is not None else None)
       valid = (row != 0)[None, :] if valid is None else valid & (row != 0)
-    (m, l, e), p, c = online_entropy_update((m, l, e), s, valid,
-                                            exp=jnp.exp2)
+    (m, l, e), p, c = online_entropy_update(
+        (m, l, e), s, valid, exp=jnp.exp2, with_entropy=with_entropy)
     pv = lax.dot_general(p.astype(v_blk.dtype), v_blk,
                          (((1,), (0,)), ((), ())), precision=precision,
                          preferred_element_type=jnp.float32)
@@ -195,8 +201,9 @@ def _fae_kernel(
   safe_l = jnp.where(l > 0, l, 1.0)
   out = jnp.where((l > 0)[:, None], acc / safe_l[:, None], 0.0)
   plgpu.store(o_ref.at[q_slice, :], out.astype(o_ref.dtype), mask=q_in)
-  ent = online_entropy_finalize(l, e, log=jnp.log2) * _LN2
-  plgpu.store(ent_ref.at[q_slice], ent, mask=q_in_1d)
+  if with_entropy:
+    ent = online_entropy_finalize(l, e, log=jnp.log2) * _LN2
+    plgpu.store(ent_ref.at[q_slice], ent, mask=q_in_1d)
 
 
 def _pick_block(block: int, length: int) -> int:
@@ -212,8 +219,9 @@ def _pick_block(block: int, length: int) -> int:
 
 @functools.partial(
     jax.jit,
-    static_argnames=('scale', 'kv_len', 'block_q', 'block_k', 'num_warps',
-                     'num_stages', 'interpret', 'precision'))
+    static_argnames=('scale', 'kv_len', 'return_entropy', 'block_q',
+                     'block_k', 'num_warps', 'num_stages', 'interpret',
+                     'precision'))
 def fae_attention(
     q: jax.Array,
     k: jax.Array,
@@ -223,13 +231,14 @@ def fae_attention(
     *,
     scale: float = 1.0,
     kv_len: int | None = None,
+    return_entropy: bool = True,
     block_q: int = 64,
     block_k: int = 64,
     num_warps: int | None = None,
     num_stages: int = 2,
     interpret: bool = False,
     precision=None,
-) -> tuple[jax.Array, jax.Array]:
+) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Fused attention forward with per-head softmax entropy (FAE).
 
   Args:
@@ -242,6 +251,8 @@ def fae_attention(
     scale: softmax scale applied to q·k (1.0 for cosine attention with the
       scale folded into q).
     kv_len: static number of keys in use (a prefix of the cache); default Nc.
+    return_entropy: False drops the E accumulator and the entropy output
+      (plain flash attention: the baseline for the FAE overhead).
     block_q: query tile (power of two); clipped for short Nq.
     block_k: key tile (power of two). Nc need not be a multiple.
     num_warps: Triton warps; default 4 for D ≤ 64, else 8.
@@ -250,8 +261,9 @@ def fae_attention(
     precision: lax precision of the two matmuls (None = default).
 
   Returns:
-    out (B, Nq, H, Dv) in q.dtype, and entropy (B, H, Nq) float32 in nats
-    (0 for a query with no valid key, whose output is also 0).
+    out (B, Nq, H, Dv) in q.dtype, and with `return_entropy` entropy
+    (B, H, Nq) float32 in nats (0 for a query with no valid key, whose
+    output is also 0).
   """
   batch, num_queries, num_heads, head_dim = q.shape
   cache_len = k.shape[1]
@@ -291,24 +303,27 @@ def fae_attention(
   kernel = functools.partial(
       _fae_kernel, scale_log2=scale * _LOG2E, block_q=bq, block_k=bk,
       num_queries=num_queries, kv_len=kv_len, has_mask=mask is not None,
-      has_key_mask=key_mask is not None, precision=precision)
-  out, ent = pl.pallas_call(
+      has_key_mask=key_mask is not None, with_entropy=return_entropy,
+      precision=precision)
+  out_specs = [pl.BlockSpec((None, num_queries, None, value_dim),
+                            lambda i, b, h: (b, 0, h, 0))]
+  out_shape = [jax.ShapeDtypeStruct(
+      (batch, num_queries, num_heads, value_dim), q.dtype)]
+  if return_entropy:
+    # (B, H, Nq): each program writes one contiguous run of its head's row.
+    out_specs.append(
+        pl.BlockSpec((None, None, num_queries), lambda i, b, h: (b, h, 0)))
+    out_shape.append(
+        jax.ShapeDtypeStruct((batch, num_heads, num_queries), jnp.float32))
+  outs = pl.pallas_call(
       kernel,
       grid=(pl.cdiv(num_queries, bq), batch, num_heads),
       in_specs=in_specs,
-      out_specs=[
-          pl.BlockSpec((None, num_queries, None, value_dim),
-                       lambda i, b, h: (b, 0, h, 0)),
-          pl.BlockSpec((None, None, num_queries), lambda i, b, h: (b, h, 0)),
-      ],
-      out_shape=[
-          jax.ShapeDtypeStruct((batch, num_queries, num_heads, value_dim),
-                               q.dtype),
-          jax.ShapeDtypeStruct((batch, num_heads, num_queries), jnp.float32),
-      ],
+      out_specs=out_specs,
+      out_shape=out_shape,
       compiler_params=plgpu.CompilerParams(num_warps=num_warps,
                                            num_stages=num_stages),
       interpret=interpret,
       name='fae_forward',
   )(*operands)
-  return out, ent
+  return tuple(outs) if return_entropy else outs[0]
