@@ -37,8 +37,8 @@ PathLike = Union[str, os.PathLike]
 ConversionError = common.ConversionError
 
 
-def _abs_path(path: PathLike) -> pathlib.Path:
-  # Orbax wants absolute paths; checkpoints here are local directories.
+def checkpoint_path(path: PathLike) -> pathlib.Path:
+  """A checkpoint location as orbax wants it: an absolute local path."""
   return pathlib.Path(path).expanduser().absolute()
 
 
@@ -56,7 +56,7 @@ def save_params(path: PathLike, tree: Any, *, overwrite: bool = False) -> str:
   Raises:
     FileExistsError: `path` exists and `overwrite` is False.
   """
-  target = _abs_path(path)
+  target = checkpoint_path(path)
   if target.exists() and not overwrite:
     raise FileExistsError(f"checkpoint {str(target)!r} already exists; pass "
                           "overwrite=True to replace it")
@@ -75,7 +75,7 @@ def read_tree_shapes(path: PathLike) -> Dict[str, Any]:
   Raises:
     FileNotFoundError: `path` is not an orbax checkpoint directory.
   """
-  target = _abs_path(path)
+  target = checkpoint_path(path)
   if not target.is_dir():
     raise FileNotFoundError(f"checkpoint {str(target)!r} does not exist or "
                             "is not a directory")
@@ -117,7 +117,7 @@ def restore_params(path: PathLike, abstract: Any, *, context: str = "") -> Any:
     FileNotFoundError: no checkpoint at `path`.
     ConversionError: missing / unexpected / mis-shaped leaves, all listed.
   """
-  target = _abs_path(path)
+  target = checkpoint_path(path)
   on_disk = read_tree_shapes(target)
   what = f"{context}: {target}" if context else str(target)
   common.check_against(on_disk, abstract, context=what)

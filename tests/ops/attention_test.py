@@ -54,8 +54,8 @@ _STATIC = ('scale', 'implementation', 'return_entropy', 'precision',
 # signature (not op-by-op dispatch), and the lowest backend optimisation
 # level, which compiles these small programs 4-10x faster. It changes how
 # hard the CPU backend optimises, not the float32 math under test;
-# `test_golden_entropy` (with_jit) and `test_default_compiler_options` keep
-# the default pipeline covered.
+# `test_golden_entropy` (with_jit) keeps the default pipeline covered, and
+# the errors quoted above were measured with default options.
 _FAST_COMPILE = {'xla_backend_optimization_level': 0}
 _attention = jax.jit(attention_lib.attention, static_argnames=_STATIC,
                      compiler_options=_FAST_COMPILE)
@@ -109,19 +109,13 @@ class XlaAttentionTest(parameterized.TestCase):
     chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
     _assert_entropy_close(ent, ref_ent)
 
-  def test_default_compiler_options(self):
-    q, k, v = _qkv(2, 36, 129, 2, 128)
-    ref_out, ref_ent = attention_lib.entropy_reference(q, k, v)
-    out, ent = jax.jit(attention_lib.attention, static_argnames=_STATIC)(
-        q, k, v, return_entropy=True)
-    chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
-    _assert_entropy_close(ent, ref_ent)
-
   def test_plain_call_returns_output_only(self):
     q, k, v = _qkv(1, 5, 37, 2, 16)
     out = _attention(q, k, v)
     with_ent, _ = _attention(q, k, v, return_entropy=True)
     chex.assert_trees_all_equal(out, with_ent)
+    # 'auto' is the parity path off-GPU.
+    self.assertEqual(attention_lib._auto_implementation(q, True), 'xla')
 
   def test_cross_attention_scale_and_value_dim(self):
     # Cross-attention: 1/√D softmax scale; Dv ≠ D is allowed.

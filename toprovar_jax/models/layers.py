@@ -286,7 +286,7 @@ class Block(nn.Module):
                kv_prefix: Optional[KV] = None, mask: Optional[Array] = None,
                text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
                impl: str = "xla", return_entropy: bool = False,
-               return_branches: bool = False):
+               return_branches: bool = False, sa_impl: Optional[str] = None):
     """Dense block on all N tokens.
 
     Args:
@@ -295,6 +295,8 @@ class Block(nn.Module):
       rope, kv_prefix, mask, impl, return_entropy: see SelfAttention.
       text_kv: per-block text (k, v) (Infinity), from `text_kv`.
       text_mask: (B, T) bool, True = real text token.
+      sa_impl: self-attention implementation if not `impl` (e.g. the FAE
+        kernel in a probe layer while cross-attention stays on cuDNN).
       return_branches: also return the branch outputs (γ1·SA, [CA,] γ2·FFN),
         each (B, N, C), for FastVAR-style cached restoration.
     Returns:
@@ -304,7 +306,8 @@ class Block(nn.Module):
     g1, g2, s1, s2, b1, b2 = self.modulation(ada_in)
     h = layer_norm(x, eps) * (1.0 + s1) + b1
     res = self.sa(h.astype(self.dtype), rope=rope, kv_prefix=kv_prefix,
-                  mask=mask, impl=impl, return_entropy=return_entropy)
+                  mask=mask, impl=sa_impl or impl,
+                  return_entropy=return_entropy)
     a, kv = res[0], res[1]
     branches = [a.astype(jnp.float32) * g1]
     x = x + branches[-1]

@@ -231,6 +231,7 @@ def _combine_masks(mask, key_mask):
 
 
 def _auto_implementation(q: jax.Array, return_entropy: bool) -> str:
+  """GPU: FAE for entropy, cuDNN for plain bf16/f16; elsewhere 'xla'."""
   if jax.default_backend() != 'gpu':
     return 'xla'
   if return_entropy:
@@ -283,9 +284,8 @@ def _xla_chunk(q, mask, *, k, v, key_mask, scale, return_entropy, precision):
   if scale != 1.0:
     s = s * scale
   valid = _combine_masks(mask, key_mask)
-  # One block of the FAE recurrence = the exact closed form about the row
-  # max; sharing the helper keeps this path and the kernel bit-for-bit alike
-  # in formula.
+  # One block of the FAE recurrence is the exact closed form about the row
+  # max: the same arithmetic the kernel runs per key block.
   carry = fae_pallas.init_carry(s.shape[:-1])
   (_, l, e), p, _ = fae_pallas.online_entropy_update(carry, s, valid)
   # p is cast to v's dtype as a flash kernel does (a no-op for f32 inputs).
@@ -309,8 +309,8 @@ def _cudnn_fused_attention():
 
   `jax.nn.dot_product_attention(..., return_residual=True)` casts the
   logsumexp to the output dtype (bf16 ruins H = lse − s̄) and requires
-  Dv = D, so the [V | K] trick needs the private function. It has moved
-  before; check it instead of trusting it.
+  Dv = D, so the [V | K] trick needs the private function. A private module
+  may change in any release: check it rather than trust it.
   """
   try:
     # pylint: disable-next=g-import-not-at-top,import-outside-toplevel

@@ -52,6 +52,9 @@ class SamplingConfig:
     record_entropy: compute the attention entropy of every F layer and return
       it per scale (calibration; costs one entropy pass per layer).
     attn_impl: attention implementation ("xla", "cudnn", "pallas", "auto").
+    entropy_impl: self-attention implementation of layers that record
+      entropy (probe layers); None = attn_impl. "pallas" is the fused FAE
+      kernel, "cudnn" the exact [V | K] + logsumexp route.
     dtype: compute dtype name of the transformer ("float32" / "bfloat16").
   """
   top_k: int = 0
@@ -59,6 +62,7 @@ class SamplingConfig:
   return_logits: bool = False
   record_entropy: bool = False
   attn_impl: str = "xla"
+  entropy_impl: Optional[str] = None
   dtype: str = "float32"
 
 
@@ -259,6 +263,8 @@ class Sampler:
             out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
                               kv_prefix=prefix_of(kc, vc), text_kv=tkv_l,
                               impl=impl, return_entropy=want_entropy,
+                              sa_impl=(self.sampling.entropy_impl
+                                       if want_entropy else None),
                               return_branches=record, **ctx)
             x, (k, v) = out[0], out[1]
             extra = out[2:]

@@ -1,0 +1,132 @@
+r"""Times sparsity plans on a random-weight model (GPU benchmark, not a test).
+
+  python -m experiments.benchmark --variant=infinity_2b \
+      --plans=dense,infinity_2b_paper,fastvar --out=/tmp/bench
+
+`--plans` items are 'dense', 'fastvar', a named plan under configs/plans/ or a
+JSON path; append '@pallas' / '@cudnn' to choose the entropy kernel of probe
+layers, and '~frequency' to swap an entropy plan's scorer for the free
+FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check).
+Writes `results.json` and `benchmarks.md` (a section for BENCHMARKS.md) into
+--out. Needs no ml_collections (the GPU machine has none).
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+from toprovar_jax import benchmarking
+from toprovar_jax.sampling import plan as plan_lib
+
+_VARIANT = flags.DEFINE_string("variant", "infinity_2b", "Model variant.")
+_PLANS = flags.DEFINE_list("plans", ["dense"], "Plans to time.")
+_RUNS = flags.DEFINE_integer("runs", 7, "Timed runs per plan (median).")
+_BATCH = flags.DEFINE_integer("batch", 1, "Images per call (CFG doubles).")
+_TEXT_LEN = flags.DEFINE_integer("text_len", 512, "Static padded text length.")
+_ATTN = flags.DEFINE_string("attn_impl", "cudnn", "Attention implementation.")
+_OUT = flags.DEFINE_string("out", None, "Output folder.")
+
+
+def _plan(spec, cfg):
+  name, _, scorer = spec.partition("~")
+  name, _, entropy_impl = name.partition("@")
+  plan = plan_lib.load_plan(name, cfg)
+  if scorer:
+    scales = tuple(dataclasses.replace(
+        s, scorer=scorer, probe_layer=None) if s.scorer == "entropy" else s
+                   for s in plan.scales)
+    plan = dataclasses.replace(plan, name=f"{plan.name}~{scorer}",
+                               scales=scales)
+    plan = plan_lib.validate_plan(plan, cfg)
+  return plan, entropy_impl or None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  os.makedirs(_OUT.value, exist_ok=True)
+  logging.info("devices: %s", jax.devices())
+  setup = benchmarking.BenchSetup(variant=_VARIANT.value, batch=_BATCH.value,
+                                  text_len=_TEXT_LEN.value,
+                                  attn_impl=_ATTN.value)
+  cfg, tok, params, vparams, vae = benchmarking.init_model(setup)
+  cond = benchmarking.conditioning(cfg, setup)
+  rows, errors = [], {}
+  for spec in _PLANS.value:
+    plan, entropy_impl = _plan(spec, cfg)
+    try:
+      r = benchmarking.bench_plan(cfg, tok, params, vparams, vae, cond, setup,
+                                  plan, runs=_RUNS.value,
+                                  entropy_impl=entropy_impl)
+    except Exception as e:  # pylint: disable=broad-except
+      # One failing plan (e.g. a kernel this jax lacks) must not lose the
+      # measurements of the others.
+      logging.exception("plan %s failed", spec)
+      errors[spec] = f"{type(e).__name__}: {e}"[:2000]
+      continue
+    logging.info("%s", r)
+    rows.append(r)
+  dense = next((r for r in rows if r["plan"] == "dense"), None)
+  for r in rows:
+    if dense:
+      r["measured_speedup"] = dense["transformer_s"] / r["transformer_s"]
+  result = {
+      "setup": dataclasses.asdict(setup), "device": str(jax.devices()[0]),
+      "jax": jax.__version__,
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "commit": _commit(), "peak_memory_gib": benchmarking.peak_memory_gib(),
+      "plans": rows, "errors": errors}
+  with open(os.path.join(_OUT.value, "results.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(_OUT.value, "benchmarks.md"), "w") as f:
+    f.write(_markdown(result))
+  if errors:
+    print(json.dumps({"errors": errors}))
+  print(json.dumps({r["plan"] + (f"@{r['entropy_impl']}" if r["entropy_impl"]
+                                 else ""): round(r["transformer_s"], 4)
+                    for r in rows}))
+
+
+def _commit():
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True,
+                          check=False).stdout.strip() or "unknown"
+  except OSError:
+    return "unknown"
+
+
+def _gib(x):
+  return "not reported" if x is None else f"{x:.1f} GiB"
+
+
+def _markdown(res):
+  s = res["setup"]
+  lines = [
+      f"### {s['variant']} — batch {s['batch']} (CFG ×2), {s['dtype']}, "
+      f"attention {s['attn_impl']}, text_len {s['text_len']}",
+      "", f"Device {res['device']}, jax {res['jax']}, {res['date'][:10]}, "
+      f"commit {res['commit']}; peak device memory "
+      f"{_gib(res['peak_memory_gib'])} (whole process).", "",
+      "| plan | transformer s | with decode s | decode s | compile s | "
+      "TFLOP | FLOP speedup | measured speedup |",
+      "|---|---|---|---|---|---|---|---|"]
+  for r in res["plans"]:
+    name = r["plan"] + (f" @{r['entropy_impl']}" if r["entropy_impl"] else "")
+    lines.append(
+        f"| {name} | {r['transformer_s']:.4f} | {r['with_decode_s']:.4f} | "
+        f"{r['decode_only_s']:.4f} | {r['compile_s']:.1f} | {r['tflop']:.2f} | "
+        f"{r['flop_speedup']:.2f}× | {r.get('measured_speedup', 1.0):.2f}× |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["out"])
+  app.run(main)
