@@ -8,7 +8,8 @@ parameters unless `ckpt_dir` is given.
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   model=var_tiny    'var_tiny' | 'infinity_tiny'.
-  plan=dense        'dense' | 'fastvar' | plan JSON path.
+  plan=dense        'dense' | plan JSON path ('fastvar' and the named
+                    plans are written for full-size schedules).
   batch_size=2      samples per generate call.
   ckpt_dir=''       folder holding orbax `transformer/` and `tokenizer/`.
 

@@ -5,7 +5,8 @@ r"""Times sparsity plans on a random-weight model (GPU benchmark, not a test).
 
 `--plans` items are 'dense', 'fastvar', a named plan under configs/plans/ or a
 JSON path; append '@pallas' / '@cudnn' to choose the entropy kernel of probe
-layers, and '~frequency' to swap an entropy plan's scorer for the free
+layers, '#uN' to unroll N layers per scan step (0 = all), and
+'~frequency' to swap an entropy plan's scorer for the free
 FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check).
 Writes `results.json` and `benchmarks.md` (a section for BENCHMARKS.md) into
 --out. Needs no ml_collections (the GPU machine has none).
@@ -32,9 +33,12 @@ _BATCH = flags.DEFINE_integer("batch", 1, "Images per call (CFG doubles).")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 512, "Static padded text length.")
 _ATTN = flags.DEFINE_string("attn_impl", "cudnn", "Attention implementation.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
+_PROFILE = flags.DEFINE_bool("profile", False,
+                             "Also trace one call per plan: top kernels.")
 
 
 def _plan(spec, cfg):
+  spec, _, unroll = spec.partition("#u")
   name, _, scorer = spec.partition("~")
   name, _, entropy_impl = name.partition("@")
   plan = plan_lib.load_plan(name, cfg)
@@ -45,7 +49,7 @@ def _plan(spec, cfg):
     plan = dataclasses.replace(plan, name=f"{plan.name}~{scorer}",
                                scales=scales)
     plan = plan_lib.validate_plan(plan, cfg)
-  return plan, entropy_impl or None
+  return plan, entropy_impl or None, int(unroll) if unroll else 1
 
 
 def main(argv):
@@ -60,11 +64,14 @@ def main(argv):
   cond = benchmarking.conditioning(cfg, setup)
   rows, errors = [], {}
   for spec in _PLANS.value:
-    plan, entropy_impl = _plan(spec, cfg)
+    plan, entropy_impl, unroll = _plan(spec, cfg)
+    trace = (os.path.join(_OUT.value, "trace", str(len(rows)))
+             if _PROFILE.value else None)
     try:
       r = benchmarking.bench_plan(cfg, tok, params, vparams, vae, cond, setup,
                                   plan, runs=_RUNS.value,
-                                  entropy_impl=entropy_impl)
+                                  entropy_impl=entropy_impl,
+                                  layer_unroll=unroll, profile_dir=trace)
     except Exception as e:  # pylint: disable=broad-except
       # One failing plan (e.g. a kernel this jax lacks) must not lose the
       # measurements of the others.
@@ -73,6 +80,15 @@ def main(argv):
       continue
     logging.info("%s", r)
     rows.append(r)
+    _write(setup, rows, errors)  # after every plan: a timeout loses nothing
+  _write(setup, rows, errors)
+  if errors:
+    print(json.dumps({"errors": errors}))
+  print(json.dumps({f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}":
+                    round(r["transformer_s"], 4) for r in rows}))
+
+
+def _write(setup, rows, errors):
   dense = next((r for r in rows if r["plan"] == "dense"), None)
   for r in rows:
     if dense:
@@ -87,11 +103,6 @@ def main(argv):
     json.dump(result, f, indent=1)
   with open(os.path.join(_OUT.value, "benchmarks.md"), "w") as f:
     f.write(_markdown(result))
-  if errors:
-    print(json.dumps({"errors": errors}))
-  print(json.dumps({r["plan"] + (f"@{r['entropy_impl']}" if r["entropy_impl"]
-                                 else ""): round(r["transformer_s"], 4)
-                    for r in rows}))
 
 
 def _commit():
@@ -119,7 +130,8 @@ def _markdown(res):
       "TFLOP | FLOP speedup | measured speedup |",
       "|---|---|---|---|---|---|---|---|"]
   for r in res["plans"]:
-    name = r["plan"] + (f" @{r['entropy_impl']}" if r["entropy_impl"] else "")
+    name = (r["plan"] + (f" @{r['entropy_impl']}" if r["entropy_impl"] else "")
+            + f" (unroll {r['layer_unroll']})")
     lines.append(
         f"| {name} | {r['transformer_s']:.4f} | {r['with_decode_s']:.4f} | "
         f"{r['decode_only_s']:.4f} | {r['compile_s']:.1f} | {r['tflop']:.2f} | "

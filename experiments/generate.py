@@ -28,7 +28,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Allow a workdir that already holds files.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -97,4 +96,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Required only when run as a script, so tests can import this module.
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -87,13 +87,15 @@ def _time(fn, runs: int) -> List[float]:
 
 def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                plan: plan_lib.SparsityPlan, *, runs: int = 7,
-               entropy_impl: Optional[str] = None) -> Dict[str, Any]:
+               entropy_impl: Optional[str] = None, layer_unroll: int = 1,
+               profile_dir: Optional[str] = None) -> Dict[str, Any]:
   """Times one plan: transformer only, and transformer + decode."""
   smp = sampler_lib.Sampler(
       model=cfg, tokenizer=tok, plan=plan,
       sampling=sampler_lib.SamplingConfig(
           top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
-          attn_impl=setup.attn_impl, entropy_impl=entropy_impl))
+          attn_impl=setup.attn_impl, entropy_impl=entropy_impl,
+          layer_unroll=layer_unroll))
   rng = jax.random.key(0)
   g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   tau = jnp.float32(0.5)
@@ -115,9 +117,12 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   times_dec_only = _time(lambda: decode(vparams, out.latent), runs)
   fl = flops_lib.plan_flops(plan, cfg)
   dense_fl = flops_lib.dense_flops(cfg)
+  prof = profile_summary(run, profile_dir) if profile_dir else None
   return {
+      "profile": prof,
       "plan": plan.name,
       "entropy_impl": entropy_impl,
+      "layer_unroll": layer_unroll,
       "compile_s": compile_s,
       "transformer_s": statistics.median(times),
       "transformer_runs_s": times,
@@ -133,3 +138,39 @@ def peak_memory_gib() -> Optional[float]:
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else peak / 2**30
+
+
+def profile_summary(fn, logdir: str, top: int = 40) -> Dict[str, Any]:
+  """Traces one call of `fn` and aggregates device kernel time by name.
+
+  Returns {"device_busy_ms", "wall_ms", "kernels": [(name, ms, count), ...]}
+  so a benchmark can show where time goes without TensorBoard.
+  """
+  jax.block_until_ready(fn())
+  t = time.perf_counter()
+  with jax.profiler.trace(logdir):
+    jax.block_until_ready(fn())
+  wall = time.perf_counter() - t
+  import glob
+  files = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+  data = jax.profiler.ProfileData.from_file(sorted(files)[-1])
+  agg: Dict[str, List[float]] = {}
+  busy = 0.0
+  layout = [(p.name, [ln.name for ln in p.lines][:12]) for p in data.planes]
+  for plane in data.planes:
+    if not plane.name.startswith("/device:GPU"):
+      continue
+    for line in plane.lines:
+      # One line per stream; skip the aggregated "XLA Ops"/"XLA Modules" views.
+      if "Stream" not in line.name:
+        continue
+      for ev in line.events:
+        ms = ev.duration_ns / 1e6
+        busy += ms
+        a = agg.setdefault(ev.name, [0.0, 0])
+        a[0] += ms
+        a[1] += 1
+  kernels = sorted(((k, v[0], v[1]) for k, v in agg.items()),
+                   key=lambda x: -x[1])[:top]
+  return {"device_busy_ms": busy, "wall_ms": wall * 1e3, "kernels": kernels,
+          "layout": layout}

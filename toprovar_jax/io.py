@@ -15,7 +15,7 @@ import json
 import math
 import os
 import pathlib
-import tempfile
+import secrets
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -64,17 +64,15 @@ def prepare_workdir(path: PathLike, overwrite: bool) -> pathlib.Path:
 def _write_atomic(path: PathLike, write: Callable[[Any], None]) -> pathlib.Path:
   """Calls `write(binary_file)` on a temp file, then moves it to `path`."""
   target = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                             suffix=".tmp")
+  # A hidden, unique name beside the target (same filesystem, so os.replace
+  # is a rename); "xb" never clobbers and, unlike mkstemp's 0600, leaves the
+  # file mode to the umask.
+  tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
   try:
-    with os.fdopen(fd, "wb") as f:
+    with open(tmp, "xb") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
-    # mkstemp creates 0600; give the result the usual umask-derived mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)
   except BaseException:
     if os.path.exists(tmp):

@@ -206,6 +206,7 @@ def make_conditions(model: config_lib.TransformerConfig, *,
     ValueError: naming the field: an empty list, a label that is not an int
       in [0, num_classes), a prompt that is not a string.
   """
+  labels, prompts = list(labels), list(prompts)
   if model.style == "var":
     if not labels:
       _fail("sampling.labels", f"is empty; {model.name} needs at least one "
@@ -217,7 +218,7 @@ def make_conditions(model: config_lib.TransformerConfig, *,
         _fail(f"sampling.labels[{i}]", f"{lab} is out of range "
               f"[0, {model.num_classes})")
     return Conditions(
-        labels=np.asarray(_cycle(list(labels), num_samples), np.int32))
+        labels=np.asarray(_cycle(labels, num_samples), np.int32))
 
   if not prompts:
     _fail("sampling.prompts", f"is empty; {model.name} needs at least one "
@@ -225,23 +226,26 @@ def make_conditions(model: config_lib.TransformerConfig, *,
   for i, p in enumerate(prompts):
     if not isinstance(p, str):
       _fail(f"sampling.prompts[{i}]", f"{p!r} is not a string")
-  prompts = tuple(_cycle(list(prompts), num_samples))
-  text = np.zeros((len(prompts), text_len, model.text_dim), np.float32)
-  mask = np.zeros((len(prompts), text_len), bool)
-  lengths, truncated = [], []
+  # Features and warnings per listed prompt, not per (cycled) sample.
+  feats, counts = [], []
   for i, p in enumerate(prompts):
-    count = placeholder_token_count(p)
-    if count > text_len:
+    counts.append(placeholder_token_count(p))
+    if counts[-1] > text_len:
       # SPEC §11: over-long prompts are cut with a warning, like T5's cap.
-      logging.warning("sampling.prompts: prompt %d has %d tokens, more than "
-                      "sampling.text_len=%d; truncated to the first %d: %r",
-                      i, count, text_len, text_len, p[:80])
-    feats = placeholder_text_features(p, text_dim=model.text_dim,
-                                      text_len=text_len)
-    text[i, :len(feats)] = feats
-    mask[i, :len(feats)] = True
-    lengths.append(len(feats))
-    truncated.append(count > text_len)
+      logging.warning("sampling.prompts[%d] has %d tokens, more than "
+                      "sampling.text_len=%d; truncated to its first %d "
+                      "tokens: %r", i, counts[-1], text_len, text_len, p[:80])
+    feats.append(placeholder_text_features(p, text_dim=model.text_dim,
+                                           text_len=text_len))
+  order = _cycle(range(len(prompts)), num_samples)
+  text = np.zeros((len(order), text_len, model.text_dim), np.float32)
+  mask = np.zeros((len(order), text_len), bool)
+  for row, k in enumerate(order):
+    text[row, :len(feats[k])] = feats[k]
+    mask[row, :len(feats[k])] = True
+  prompts = tuple(prompts[k] for k in order)
+  lengths = [len(feats[k]) for k in order]
+  truncated = [counts[k] > text_len for k in order]
   return Conditions(prompts=prompts, text=text, text_mask=mask,
                     text_lengths=tuple(lengths), truncated=tuple(truncated),
                     text_features=PLACEHOLDER_TEXT)
@@ -313,17 +317,38 @@ def _init_tokenizer_fn(model, tokenizer):
                  compiler_options=_init_options())
 
 
+def abstract_transformer(model: config_lib.TransformerConfig) -> Any:
+  """ShapeDtypeStruct tree of the transformer params; no allocation."""
+  return jax.eval_shape(functools.partial(transformer.init_params, model),
+                        jax.random.key(0))
+
+
+def abstract_tokenizer(model: config_lib.TransformerConfig,
+                       tokenizer: Any) -> Any:
+  """ShapeDtypeStruct tree of the tokenizer variables {"params": ...}."""
+  return jax.eval_shape(functools.partial(_init_tokenizer, model, tokenizer),
+                        jax.random.key(0))
+
+
 def abstract_params(sampler: sampler_lib.Sampler) -> Tuple[Any, Any]:
   """(transformer, tokenizer) trees of ShapeDtypeStruct; no allocation.
 
   These are the layouts `toprovar_jax.checkpoints` restores into and the
   checkpoint converter must write.
   """
-  key = jax.random.key(0)
-  return (jax.eval_shape(functools.partial(transformer.init_params,
-                                           sampler.model), key),
-          jax.eval_shape(functools.partial(_init_tokenizer, sampler.model,
-                                           sampler.tokenizer), key))
+  return (abstract_transformer(sampler.model),
+          abstract_tokenizer(sampler.model, sampler.tokenizer))
+
+
+def _load_or_init_one(field: str, path: str, name: str, abstract, init):
+  """Restores `path` into `abstract()`, or calls `init()` when path is ''."""
+  if path:
+    tree = checkpoints.restore_params(path, abstract(),
+                                      context=f"config.{field} of {name}")
+    return tree, str(checkpoints.checkpoint_path(path))
+  logging.warning("config.%s is empty: %s uses RANDOM-INIT parameters; its "
+                  "outputs are not meaningful images.", field, name)
+  return init(), RANDOM_INIT
 
 
 def load_or_init(config, rng: Array) -> Tuple[Any, Any, ParamsSource]:
@@ -348,26 +373,16 @@ def load_or_init(config, rng: Array) -> Tuple[Any, Any, ParamsSource]:
   """
   model = config_lib.get_variant(config.model.variant)
   tok = config_lib.get_tokenizer(model.name)
-  abstract_tf, abstract_tok = abstract_params(
-      sampler_lib.Sampler(model=model, tokenizer=tok))
   k_tf, k_tok = jax.random.split(rng)
-  out, sources = [], []
-  for field, path, abstract, init in (
-      ("ckpt.transformer", config.ckpt.transformer, abstract_tf,
-       lambda: _init_transformer_fn(model)(k_tf)),
-      ("ckpt.tokenizer", config.ckpt.tokenizer, abstract_tok,
-       lambda: _init_tokenizer_fn(model, tok)(k_tok))):
-    if path:
-      out.append(checkpoints.restore_params(
-          path, abstract, context=f"config.{field} of {model.name}"))
-      sources.append(str(checkpoints.checkpoint_path(path)))
-    else:
-      logging.warning("config.%s is empty: %s uses RANDOM-INIT parameters "
-                      "(seed %d); outputs are not meaningful images.",
-                      field, model.name, config.seed)
-      out.append(init())
-      sources.append(RANDOM_INIT)
-  return out[0], out[1], ParamsSource(*sources)
+  params, tf_source = _load_or_init_one(
+      "ckpt.transformer", config.ckpt.transformer, model.name,
+      abstract=lambda: abstract_transformer(model),
+      init=lambda: _init_transformer_fn(model)(k_tf))
+  vae_params, tok_source = _load_or_init_one(
+      "ckpt.tokenizer", config.ckpt.tokenizer, model.name,
+      abstract=lambda: abstract_tokenizer(model, tok),
+      init=lambda: _init_tokenizer_fn(model, tok)(k_tok))
+  return params, vae_params, ParamsSource(tf_source, tok_source)
 
 
 # --------------------------------------------------------------------------
@@ -414,7 +429,8 @@ class Output:
     rows: per sample, its row in the batch (sampling noise depends on the
       seed, the batch size and the row).
     timings: seconds: compile_generate_s, compile_decode_s (lower + XLA
-      compile, once), generate_s, decode_s (all batches, device-synced).
+      compile, once), generate_s (all batches, device-synced), decode_s
+      (all batches, including the copy to the host).
   """
   images: np.ndarray
   seeds: Tuple[int, ...]
@@ -445,6 +461,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
   Returns:
     Output.
   """
+  if batch_size < 1:
+    _fail("sampling.batch_size", f"must be >= 1, got {batch_size}")
   n = conditions.num_samples
   num_batches = -(-n // batch_size)
   # Row -> sample index; padding rows repeat the last sample.
@@ -462,8 +480,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
             jax.random.key(seed + j), jnp.float32(cfg_scale), jnp.float32(tau))
     return args, cond
 
-  # AOT compile, timed apart from the runs; the executables are also left
-  # in jit's cache, so a later `sampler.generate` call does not recompile.
+  # AOT compile, timed apart from the runs. XLA's compile cache is shared
+  # with jit: a later `sampler.generate` call re-traces but does not compile.
   t0 = time.perf_counter()
   args, cond = inputs(0)
   lowered = type(sampler).generate.lower(sampler, *args, **cond)

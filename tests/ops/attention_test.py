@@ -215,10 +215,11 @@ class XlaAttentionTest(parameterized.TestCase):
     _assert_entropy_close(ent, ref_ent)
 
   @parameterized.named_parameters(
-      ('mask_dtype', dict(mask=jnp.ones((4, 6), jnp.int32))),
-      ('mask_shape', dict(mask=jnp.ones((4, 5), bool))),
-      ('mask_batch', dict(mask=jnp.ones((3, 1, 4, 6), bool))),
-      ('key_mask_shape', dict(key_mask=jnp.ones((2, 5), bool))),
+      # numpy, not jnp: no device arrays at import time.
+      ('mask_dtype', dict(mask=np.ones((4, 6), np.int32))),
+      ('mask_shape', dict(mask=np.ones((4, 5), bool))),
+      ('mask_batch', dict(mask=np.ones((3, 1, 4, 6), bool))),
+      ('key_mask_shape', dict(key_mask=np.ones((2, 5), bool))),
       ('implementation', dict(implementation='flash')),
       ('kv_len', dict(kv_len=7)),
   )

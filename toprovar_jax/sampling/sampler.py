@@ -55,6 +55,10 @@ class SamplingConfig:
     entropy_impl: self-attention implementation of layers that record
       entropy (probe layers); None = attn_impl. "pallas" is the fused FAE
       kernel, "cudnn" the exact [V | K] + logsumexp route.
+    layer_unroll: layers per iteration of the `lax.scan` over a run of
+      layers (0 = fully unrolled). On GPU every while-loop iteration costs a
+      device->host round trip for its predicate, so unrolling trades compile
+      time for latency.
     dtype: compute dtype name of the transformer ("float32" / "bfloat16").
   """
   top_k: int = 0
@@ -63,6 +67,7 @@ class SamplingConfig:
   record_entropy: bool = False
   attn_impl: str = "xla"
   entropy_impl: Optional[str] = None
+  layer_unroll: int = 1
   dtype: str = "float32"
 
 
@@ -239,6 +244,8 @@ class Sampler:
             lambda t: t[run.start:run.stop], tkv)
         wo = write_off[si][run.start]
         write = si < num_gen - 1
+        unroll = (run.stop - run.start if self.sampling.layer_unroll == 0
+                  else self.sampling.layer_unroll)
         is_probe = (sp.probe_layer is not None
                     and run.start == sp.probe_layer == run.stop - 1)
         want_entropy = is_probe or self.sampling.record_entropy
@@ -270,7 +277,7 @@ class Sampler:
             extra = out[2:]
             return x, (write_kv(kc, vc, k, v), extra)
           x, ((kc_r, vc_r), extra) = jax.lax.scan(
-              body, x, (p_run, kc_r, vc_r, tkv_r))
+              body, x, (p_run, kc_r, vc_r, tkv_r), unroll=unroll)
           extra = list(extra)
           if want_entropy:
             ent = extra.pop(0)  # (layers, rows, n)
@@ -296,7 +303,8 @@ class Sampler:
                                        rope=rope_k, kv_prefix=prefix_of(kc, vc),
                                        text_kv=tkv_l, impl=impl, **ctx)
               return xk, write_kv(kc, vc, k, v)
-            xk, (kc_r, vc_r) = jax.lax.scan(body, xk, (p_run, kc_r, vc_r, tkv_r))
+            xk, (kc_r, vc_r) = jax.lax.scan(body, xk, (p_run, kc_r, vc_r, tkv_r),
+                                            unroll=unroll)
             x = layers.scatter_tokens(x, idx, xk, add=False)
           else:
             cached = None
@@ -322,7 +330,7 @@ class Sampler:
                   cached=cached_l, impl=impl, method=layers.Block.sparse, **ctx)
               return x, write_kv(kc, vc, k, v)
             x, (kc_r, vc_r) = jax.lax.scan(
-                body, x, (p_run, kc_r, vc_r, tkv_r, cached))
+                body, x, (p_run, kc_r, vc_r, tkv_r, cached), unroll=unroll)
         if (lo, hi) == (0, s1 - s0):
           caches[seg] = (kc_r, vc_r)
         else:

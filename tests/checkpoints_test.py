@@ -1,0 +1,186 @@
+"""Orbax params checkpoints: round trip, strict restore, pipeline loading.
+
+Parameter values come from numpy filled into the tiny models' abstract trees
+(`jax.eval_shape`), so these tests never compile an init.
+"""
+
+import functools
+import os
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiny
+from toprovar_jax import checkpoints
+from toprovar_jax import pipeline
+from toprovar_jax.convert import bsq_vae as convert_bsq_vae
+from toprovar_jax.convert import common as convert_common
+from toprovar_jax.convert import vqvae as convert_vqvae
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import sampler as sampler_lib
+
+
+def _tempdir(test):
+  """A fresh folder removed after `test` (absl's create_tempdir needs parsed
+  flags, which pytest does not provide)."""
+  d = tempfile.TemporaryDirectory()
+  test.addCleanup(d.cleanup)
+  return d.name
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract(name):
+  """(transformer, tokenizer) ShapeDtypeStruct trees of a tiny model."""
+  sampler = sampler_lib.Sampler(model=config_lib.get_variant(name),
+                                tokenizer=config_lib.get_tokenizer(name))
+  return pipeline.abstract_params(sampler)
+
+
+def _fill(abstract, seed=0):
+  """Random numpy arrays with the shapes and dtypes of `abstract`."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
+
+
+def _drop(tree, path):
+  """Copy of a nested dict without the leaf at `path` ('a/b/c')."""
+  *parents, leaf = path.split("/")
+  out = jax.tree.map(lambda x: x, tree)
+  node = out
+  for p in parents:
+    node = node[p]
+  del node[leaf]
+  return out
+
+
+class RoundTripTest(absltest.TestCase):
+
+  def test_var_tiny_params_round_trip_exactly(self):
+    abstract, _ = _abstract("var_tiny")
+    params = _fill(abstract)
+    path = os.path.join(_tempdir(self), "transformer")
+    checkpoints.save_params(path, params)
+    restored = checkpoints.restore_params(path, abstract)
+    self.assertEqual(jax.tree.structure(restored), jax.tree.structure(params))
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+      self.assertIsInstance(got, jax.Array)
+      self.assertEqual(got.dtype, want.dtype)
+      np.testing.assert_array_equal(np.asarray(got), want)
+
+  def test_restore_casts_to_the_model_dtype(self):
+    abstract = {"w": jax.ShapeDtypeStruct((2, 3), jnp.float32)}
+    path = os.path.join(_tempdir(self), "bf16")
+    checkpoints.save_params(path, {"w": jnp.ones((2, 3), jnp.bfloat16)})
+    self.assertEqual(checkpoints.restore_params(path, abstract)["w"].dtype,
+                     jnp.float32)
+
+  def test_save_refuses_an_existing_checkpoint(self):
+    path = os.path.join(_tempdir(self), "ckpt")
+    tree = {"w": np.zeros((2,), np.float32)}
+    checkpoints.save_params(path, tree)
+    with self.assertRaisesRegex(FileExistsError, "already exists"):
+      checkpoints.save_params(path, tree)
+    checkpoints.save_params(path, {"w": np.ones((2,), np.float32)},
+                            overwrite=True)
+    restored = checkpoints.restore_params(
+        path, {"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+    np.testing.assert_array_equal(restored["w"], [1.0, 1.0])
+
+
+class StrictRestoreTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.abstract, _ = _abstract("var_tiny")
+    self.root = _tempdir(self)
+
+  def _save(self, tree):
+    path = os.path.join(self.root, "ckpt")
+    checkpoints.save_params(path, tree)
+    return path
+
+  def test_missing_leaf_is_named(self):
+    path = self._save(_drop(_fill(self.abstract), "stem/head/bias"))
+    with self.assertRaisesRegex(checkpoints.ConversionError,
+                                r"missing keys \(1\): stem/head/bias"):
+      checkpoints.restore_params(path, self.abstract, context="var_tiny")
+
+  def test_wrong_shape_is_named_with_both_shapes(self):
+    params = _fill(self.abstract)
+    head = params["stem"]["head"]["bias"]
+    params["stem"]["head"]["bias"] = np.zeros((head.shape[0] + 1,), head.dtype)
+    path = self._save(params)
+    with self.assertRaisesRegex(
+        checkpoints.ConversionError,
+        r"mis-shaped keys \(1\): stem/head/bias \(got \(257,\), "
+        r"expected \(256,\)\)"):
+      checkpoints.restore_params(path, self.abstract)
+
+  def test_extra_leaf_is_named(self):
+    params = _fill(self.abstract)
+    params["stem"]["stray"] = np.zeros((3,), np.float32)
+    path = self._save(params)
+    with self.assertRaisesRegex(checkpoints.ConversionError,
+                                r"unexpected keys \(1\): stem/stray"):
+      checkpoints.restore_params(path, self.abstract)
+
+  def test_missing_checkpoint(self):
+    with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
+      checkpoints.restore_params(os.path.join(self.root, "nope"),
+                                 self.abstract)
+    with self.assertRaisesRegex(FileNotFoundError, "no orbax tree metadata"):
+      checkpoints.restore_params(self.root, self.abstract)
+
+
+class LayoutTest(absltest.TestCase):
+
+  def test_tokenizer_layout_is_what_the_converters_write(self):
+    # Checkpoints come from the converters; the pipeline restores into its
+    # own abstract tree (init on a one-latent-pixel image). They must agree.
+    for name, expected in (
+        ("var_tiny", convert_vqvae.abstract_variables(
+            config_lib.get_tokenizer("var_tiny"))),
+        ("infinity_tiny", {"params": convert_bsq_vae.abstract_params(
+            config_lib.get_tokenizer("infinity_tiny"))})):
+      _, got = _abstract(name)
+      convert_common.check_against(got, expected, context=name)
+      self.assertEqual(jax.tree.map(lambda x: x.dtype, got),
+                       jax.tree.map(lambda x: x.dtype, expected))
+
+
+class LoadOrInitTest(absltest.TestCase):
+
+  def test_configured_checkpoints_are_loaded_and_named(self):
+    root = _tempdir(self)
+    abstract_tf, abstract_tok = _abstract("infinity_tiny")
+    params, vae = _fill(abstract_tf, 1), _fill(abstract_tok, 2)
+    checkpoints.save_params(os.path.join(root, "transformer"), params)
+    checkpoints.save_params(os.path.join(root, "tokenizer"), vae)
+    config = tiny.get_config(f"model=infinity_tiny,ckpt_dir={root}")
+    got_tf, got_tok, source = pipeline.load_or_init(config,
+                                                    jax.random.key(0))
+    self.assertEqual(source.transformer, os.path.join(root, "transformer"))
+    self.assertEqual(source.tokenizer, os.path.join(root, "tokenizer"))
+    self.assertFalse(source.random_init)
+    np.testing.assert_array_equal(got_tf["stem"]["head"]["kernel"],
+                                  params["stem"]["head"]["kernel"])
+    for got, want in zip(jax.tree.leaves(got_tok), jax.tree.leaves(vae)):
+      np.testing.assert_array_equal(np.asarray(got), want)
+
+  def test_a_bad_checkpoint_fails_naming_the_config_field(self):
+    root = _tempdir(self)
+    abstract_tf, _ = _abstract("var_tiny")
+    checkpoints.save_params(os.path.join(root, "transformer"),
+                            _drop(_fill(abstract_tf), "stem/pos_start"))
+    config = tiny.get_config(f"ckpt_dir={root}")
+    with self.assertRaisesRegex(checkpoints.ConversionError,
+                                r"config.ckpt.transformer(.|\n)*pos_start"):
+      pipeline.load_or_init(config, jax.random.key(0))
+
+
+if __name__ == "__main__":
+  absltest.main()

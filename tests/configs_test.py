@@ -1,0 +1,206 @@
+"""Configs: every file loads locked and typed; args parse; tiny builds."""
+
+import importlib
+import pathlib
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+from ml_collections import config_flags
+
+from configs import common
+from toprovar_jax import pipeline
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sampling import sampler as sampler_lib
+
+_CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_CONFIG_NAMES = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.py")
+                             if p.stem not in ("__init__", "common")))
+_EXPECTED = ("infinity_2b", "infinity_8b", "tiny", "var_d16", "var_d20",
+             "var_d24", "var_d30", "var_d36")
+_TINY = str(_CONFIG_DIR / "tiny.py")
+
+
+def _get_config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def _parse_flags(*argv):
+  """Parses argv through config_flags exactly as experiments/*.py do."""
+  argv = ["prog", *argv]
+  flag_values = flags.FlagValues()
+  # Overrides (--config.a.b=...) are read from sys_argv (default sys.argv).
+  config_flags.DEFINE_config_file("config", None, "test config",
+                                  flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+class ConfigFilesTest(parameterized.TestCase):
+
+  def test_every_model_has_a_config_file(self):
+    self.assertContainsSubset(_EXPECTED, _CONFIG_NAMES)
+
+  @parameterized.named_parameters((n, n) for n in _CONFIG_NAMES)
+  def test_loads_locked_and_builds_a_sampler(self, name):
+    config = _get_config(name)
+    self.assertTrue(config.is_locked)
+    self.assertTrue(config.sampling.is_locked)
+    with self.assertRaisesRegex(AttributeError, "bogus"):
+      config.sampling.bogus = 1
+    self.assertIn(config.model.variant, config_lib.VARIANTS)
+    # The Sampler is static configuration only: no parameters, no compile.
+    sampler = pipeline.sampler_from_config(config)
+    self.assertIsInstance(sampler, sampler_lib.Sampler)
+    self.assertEqual(sampler.model.name, config.model.variant)
+
+  @parameterized.named_parameters((n, n) for n in _CONFIG_NAMES)
+  def test_docstring_shows_a_full_launch(self, name):
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    self.assertIn("python -m experiments.generate", doc)
+    self.assertIn(f"configs/{name}.py:", doc)
+    self.assertRegex(doc, r"--config\.\w+\.\w+=")
+    self.assertIn("--workdir=", doc)
+
+  def test_infinity_text_len_is_the_t5_cap(self):
+    for name in ("infinity_2b", "infinity_8b"):
+      self.assertEqual(_get_config(name).sampling.text_len, 512)
+
+  def test_config_flag_with_arg_and_override(self):
+    config = _parse_flags(
+        f"--config={_TINY}:model=infinity_tiny,batch_size=3",
+        "--config.sampling.seed=7", "--config.sampling.prompts=('x, y',)")
+    self.assertEqual(config.model.variant, "infinity_tiny")
+    self.assertEqual(config.sampling.batch_size, 3)
+    self.assertEqual(config.sampling.seed, 7)
+    self.assertEqual(config.sampling.prompts, ("x, y",))
+
+  def test_unknown_override_key_fails(self):
+    with self.assertRaisesRegex(AttributeError, "bogus"):
+      _parse_flags(f"--config={_TINY}", "--config.sampling.bogus=1")
+
+  def test_override_of_wrong_type_fails(self):
+    with self.assertRaises(flags.IllegalFlagValueError):
+      _parse_flags(f"--config={_TINY}", "--config.sampling.batch_size=two")
+
+
+class ParseArgTest(absltest.TestCase):
+
+  def test_typed_values(self):
+    arg = common.parse_arg("n=3,x=0.5,name=abc,flag,off=false", n=1, x=1.0,
+                           name="", flag=False, off=True)
+    self.assertEqual((arg.n, arg.x, arg.name, arg.flag, arg.off),
+                     (3, 0.5, "abc", True, False))
+    self.assertIsInstance(arg.x, float)
+    self.assertTrue(arg.is_locked)
+
+  def test_defaults_when_empty(self):
+    for raw in (None, "", " , "):
+      self.assertEqual(common.parse_arg(raw, n=1).n, 1)
+
+  def test_unknown_key_is_named_with_the_known_ones(self):
+    with self.assertRaisesRegex(ValueError, r"'bogus'.*\['flag', 'n'\]"):
+      common.parse_arg("bogus=1", n=1, flag=False)
+
+  def test_bad_type_names_the_key(self):
+    with self.assertRaisesRegex(ValueError, "'n': expected int, got 'x'"):
+      common.parse_arg("n=x", n=1)
+    with self.assertRaisesRegex(ValueError, "'flag': expected bool"):
+      common.parse_arg("flag=maybe", flag=False)
+
+  def test_bare_word_needs_a_bool(self):
+    with self.assertRaisesRegex(ValueError, "'n'.*bare word"):
+      common.parse_arg("n", n=1)
+
+  def test_repeated_key(self):
+    with self.assertRaisesRegex(ValueError, "'n': given twice"):
+      common.parse_arg("n=1,n=2", n=1)
+
+  def test_config_file_args(self):
+    self.assertEqual(_get_config("var_d16", "bf16").model.dtype, "bfloat16")
+    self.assertEqual(
+        _get_config("var_d16", "ckpt_dir=/c").ckpt.transformer,
+        "/c/transformer")
+    with self.assertRaisesRegex(ValueError, "unknown key 'bogus'"):
+      _get_config("tiny", "bogus=1")
+    with self.assertRaisesRegex(ValueError, "'model'.*not a tiny model"):
+      _get_config("tiny", "model=var_d16")
+
+
+class TinyConfigTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(("var", "var_tiny"),
+                                  ("infinity", "infinity_tiny"))
+  def test_builds_sampler_and_conditions(self, model):
+    config = _get_config("tiny", f"model={model}")
+    sampler = pipeline.sampler_from_config(config)
+    self.assertEqual(sampler.model.name, model)
+    self.assertEqual(sampler.resolved_plan,
+                     plan_lib.dense_plan(sampler.model))
+    cond = pipeline.conditions_from_config(config, sampler)
+    self.assertEqual(cond.num_samples, 2)
+    if model == "var_tiny":
+      np.testing.assert_array_equal(cond.labels, [207, 88])
+    else:
+      self.assertEqual(cond.text.shape, (2, 32, sampler.model.text_dim))
+      self.assertEqual(cond.text_mask.sum(axis=1).tolist(),
+                       list(cond.text_lengths))
+      self.assertEqual(cond.text_features, pipeline.PLACEHOLDER_TEXT)
+
+  @parameterized.named_parameters(
+      ("batch_size", "var_tiny", "sampling.batch_size", 0,
+       "sampling.batch_size"),
+      ("labels_range", "var_tiny", "sampling.labels", (3, 1000),
+       r"sampling.labels\[1\]: 1000 is out of range"),
+      ("labels_empty", "var_tiny", "sampling.labels", (), "sampling.labels"),
+      ("prompts_empty", "infinity_tiny", "sampling.prompts", (),
+       "sampling.prompts"),
+      ("text_len", "infinity_tiny", "sampling.text_len", 513,
+       "sampling.text_len"),
+      ("dtype", "var_tiny", "model.dtype", "fp8", "model.dtype"))
+  def test_bad_fields_are_named(self, model, field, value, pattern):
+    config = _get_config("tiny", f"model={model}")
+    group, key = field.split(".")
+    config[group][key] = value
+    with self.assertRaisesRegex(ValueError, pattern):
+      sampler = pipeline.sampler_from_config(config)
+      pipeline.conditions_from_config(config, sampler)
+
+  def test_bad_plan_passes_plan_error_through(self):
+    config = _get_config("tiny")
+    config.sparsity.plan = "infinity_2b_paper"
+    with self.assertRaisesRegex(plan_lib.PlanError, "num_layers"):
+      pipeline.sampler_from_config(config)
+
+  def test_long_prompt_is_truncated_with_a_warning(self):
+    model = config_lib.get_variant("infinity_tiny")
+    with self.assertLogs(level="WARNING") as logs:
+      cond = pipeline.make_conditions(
+          model, prompts=("one two three four five six",), text_len=4)
+    self.assertIn("truncated", "".join(logs.output))
+    self.assertEqual(cond.text_lengths, (4,))
+    self.assertEqual(cond.truncated, (True,))
+    self.assertTrue(cond.text_mask.all())
+
+  def test_placeholder_features_are_a_function_of_the_prompt(self):
+    a = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
+    b = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
+    c = pipeline.placeholder_text_features("a dog", text_dim=64, text_len=8)
+    np.testing.assert_array_equal(a, b)
+    self.assertEqual(a.shape, (3, 64))  # "a", "cat", end of sequence
+    self.assertFalse(np.allclose(a, c))
+    long = pipeline.placeholder_text_features(" ".join(["w"] * 300),
+                                              text_dim=64, text_len=512)
+    self.assertAlmostEqual(float(long.std()), 0.3, delta=0.01)
+
+  def test_num_samples_cycles_conditions(self):
+    model = config_lib.get_variant("var_tiny")
+    cond = pipeline.make_conditions(model, labels=(1, 2), num_samples=5)
+    np.testing.assert_array_equal(cond.labels, [1, 2, 1, 2, 1])
+
+
+if __name__ == "__main__":
+  absltest.main()
