@@ -52,9 +52,20 @@ def _plan(spec, cfg):
   return plan, entropy_impl or None, int(unroll) if unroll else 1
 
 
+# Measured on the H200 (BENCHMARKS.md): XLA runs every while-loop iteration
+# (our lax.scan over layers) with a device->host copy of its predicate, which
+# left the GPU idle for most of a sparse plan's wall time; CUDA-graph command
+# buffers for WHILE / CONDITIONAL remove part of that (dense 0.415 -> 0.386 s,
+# paper plan 0.377 -> 0.294 s). Only set when the user did not choose flags.
+_GPU_XLA_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,"
+                  "CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL "
+                  "--xla_gpu_graph_min_graph_size=1")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("XLA_FLAGS", _GPU_XLA_FLAGS)
   os.makedirs(_OUT.value, exist_ok=True)
   logging.info("devices: %s", jax.devices())
   setup = benchmarking.BenchSetup(variant=_VARIANT.value, batch=_BATCH.value,
