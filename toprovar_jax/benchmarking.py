@@ -173,4 +173,30 @@ def profile_summary(fn, logdir: str, top: int = 40) -> Dict[str, Any]:
   kernels = sorted(((k, v[0], v[1]) for k, v in agg.items()),
                    key=lambda x: -x[1])[:top]
   return {"device_busy_ms": busy, "wall_ms": wall * 1e3, "kernels": kernels,
-          "layout": layout}
+          "layout": layout, "gaps": _idle_gaps(data)}
+
+
+def _idle_gaps(data, top: int = 15) -> Dict[str, Any]:
+  """Idle time between consecutive GPU kernels (all streams merged).
+
+  The biggest gaps, with the kernels around them, show where the device waits
+  for the host (while-loop predicates, launches) rather than computing.
+  """
+  evs = []
+  for plane in data.planes:
+    if plane.name.startswith("/device:GPU"):
+      for line in plane.lines:
+        if "Stream" in line.name:
+          evs.extend((e.start_ns, e.end_ns, e.name) for e in line.events)
+  evs.sort()
+  gaps, end, prev = [], None, None
+  for start, stop, name in evs:
+    if end is not None and start > end:
+      gaps.append(((start - end) / 1e6, prev, name))
+    if end is None or stop > end:
+      end, prev = stop, name
+  gaps.sort(key=lambda g: -g[0])
+  span = (evs[-1][1] - evs[0][0]) / 1e6 if evs else 0.0
+  return {"span_ms": span, "idle_ms": sum(g[0] for g in gaps),
+          "num_gaps_over_20us": sum(g[0] > 0.02 for g in gaps),
+          "largest": gaps[:top]}

@@ -49,6 +49,7 @@ def load(npz_path) -> Tuple[str, Dict[str, np.ndarray], Dict[str, Any]]:
           arrays.update({k: z[k] for k in z.files})
   except Exception as e:  # zip / npy errors of every kind
     raise ReferenceError(f"cannot read {p}: {e}") from e
+  kind(arrays, None)  # unsupported kinds fail before the json is required
   if not meta_path.exists():
     raise ReferenceError(f"missing {meta_path.name} beside {p}")
   try:

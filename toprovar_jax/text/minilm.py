@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
-
 import chex
 import flax.linen as nn
 import jax
@@ -68,14 +66,11 @@ class Embeddings(nn.Module):
   config: MiniLMConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array,
-               token_type_ids: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, input_ids: jax.Array) -> jax.Array:
     """Embeds token ids.
 
     Args:
       input_ids: (B, T) int token ids.
-      token_type_ids: (B, T) int segment ids; None means all 0, which is what
-        sentence-transformers feeds for single sentences.
 
     Returns:
       (B, T, C) float32 embeddings.
@@ -91,13 +86,12 @@ class Embeddings(nn.Module):
     # tokens get the same positions whatever the padded length.
     pos = nn.Embed(cfg.max_positions, cfg.width, embedding_init=_INIT,
                    name="position_embeddings")(jnp.arange(t))
+    # Single sentences are all segment 0 (sentence-transformers passes
+    # token_type_ids = 0), so only row 0 of the table is used; the full
+    # table is kept so that the checkpoint converts strictly.
     types = nn.Embed(cfg.type_vocab_size, cfg.width, embedding_init=_INIT,
                      name="token_type_embeddings")
-    if token_type_ids is None:
-      type_emb = types.embedding[0]  # (C,): row 0 for every token.
-    else:
-      type_emb = types(token_type_ids)
-    x_BTC = word + pos[None] + type_emb
+    x_BTC = word + pos[None] + types.embedding[0]
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm")(x_BTC)
 
 
@@ -167,14 +161,12 @@ class MiniLM(nn.Module):
   config: MiniLMConfig = ALL_MINILM_L6_V2
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, mask: jax.Array,
-               token_type_ids: Optional[jax.Array] = None) -> jax.Array:
-    """Encodes a right-padded batch of token ids.
+  def __call__(self, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Encodes a right-padded batch of token ids (all token type 0).
 
     Args:
       input_ids: (B, T) int token ids, [CLS] first, [SEP] last, [PAD]=0 after.
       mask: (B, T) int or bool attention mask, 1/True at real tokens.
-      token_type_ids: optional (B, T) int segment ids (default all 0).
 
     Returns:
       (B, T, C) float32 token features at every position; positions where
@@ -184,8 +176,7 @@ class MiniLM(nn.Module):
     chex.assert_rank(input_ids, 2)
     chex.assert_equal_shape([input_ids, mask])
     mask_BT = mask.astype(bool)
-    x_BTC = Embeddings(self.config, name="embeddings")(input_ids,
-                                                        token_type_ids)
+    x_BTC = Embeddings(self.config, name="embeddings")(input_ids)
     for i in range(self.config.num_layers):
       x_BTC = EncoderLayer(self.config, name=f"layer_{i}")(x_BTC, mask_BT)
     return x_BTC
