@@ -206,3 +206,19 @@ def sampling_defaults(variant: str) -> dict:
 
 def dtype_name(bf16: bool) -> str:
   return "bfloat16" if bf16 else "float32"
+
+
+def size_config(variant: str, arg: Optional[str], *, batch_size: int,
+                **sampling_overrides: Any) -> ml_collections.ConfigDict:
+  """The config of one model size: the shared `:plan,batch_size,ckpt_dir,bf16`
+  arguments plus the style's sampling defaults (VAR_SAMPLING /
+  INFINITY_SAMPLING) with per-size overrides."""
+  parsed = parse_arg(arg, plan="dense", batch_size=batch_size, ckpt_dir="",
+                     bf16=False)
+  sampling = dict(sampling_defaults(variant), **sampling_overrides)
+  extra = ({"text_len": INFINITY_TEXT_LEN}
+           if model_style(variant) == "infinity" else {})
+  return get_base_config(
+      variant=variant, batch_size=parsed.batch_size, plan=parsed.plan,
+      ckpt_dir=parsed.ckpt_dir, dtype=dtype_name(parsed.bf16), **extra,
+      **sampling)

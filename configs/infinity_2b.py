@@ -28,9 +28,4 @@ from configs import common
 
 def get_config(arg=None):
   """Returns the locked generation config of infinity_2b."""
-  arg = common.parse_arg(arg, plan="dense", batch_size=4, ckpt_dir="",
-                         bf16=False)
-  return common.get_base_config(
-      variant="infinity_2b", batch_size=arg.batch_size, plan=arg.plan,
-      ckpt_dir=arg.ckpt_dir, dtype=common.dtype_name(arg.bf16),
-      text_len=common.INFINITY_TEXT_LEN, **common.INFINITY_SAMPLING)
+  return common.size_config("infinity_2b", arg, batch_size=4)

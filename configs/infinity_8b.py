@@ -27,11 +27,5 @@ from configs import common
 
 def get_config(arg=None):
   """Returns the locked generation config of infinity_8b."""
-  arg = common.parse_arg(arg, plan="dense", batch_size=2, ckpt_dir="",
-                         bf16=False)
   # 8B notebooks: cfg 3, τ 1.0 (ARCHITECTURES B.6); otherwise as 2B.
-  sampling = dict(common.INFINITY_SAMPLING, tau=1.0)
-  return common.get_base_config(
-      variant="infinity_8b", batch_size=arg.batch_size, plan=arg.plan,
-      ckpt_dir=arg.ckpt_dir, dtype=common.dtype_name(arg.bf16),
-      text_len=common.INFINITY_TEXT_LEN, **sampling)
+  return common.size_config("infinity_8b", arg, batch_size=2, tau=1.0)

@@ -23,9 +23,4 @@ from configs import common
 
 def get_config(arg=None):
   """Returns the locked generation config of var_d30."""
-  arg = common.parse_arg(arg, plan="dense", batch_size=8, ckpt_dir="",
-                         bf16=False)
-  return common.get_base_config(
-      variant="var_d30", batch_size=arg.batch_size, plan=arg.plan,
-      ckpt_dir=arg.ckpt_dir, dtype=common.dtype_name(arg.bf16),
-      **common.VAR_SAMPLING)
+  return common.size_config("var_d30", arg, batch_size=8)
