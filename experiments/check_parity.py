@@ -2,9 +2,10 @@ r"""Checks this port against golden outputs of the official PyTorch code.
 
   python -m experiments.check_parity --reference ../shared/reference/var_tiny.npz
 
-Finds NAME_vae.npz and NAME.json beside NAME.npz, reads every hyper-parameter
-from the json, runs every check the pair supports and prints one JSON object as
-its last stdout line:
+For a model reference (VAR / Infinity) it finds NAME_vae.npz and NAME.json
+beside NAME.npz and reads every hyper-parameter from the json; the text
+encoder references (MiniLM, tiny T5) carry everything in the npz. It runs every
+check the files support and prints one JSON object as its last stdout line:
   {"reference": NAME, "pass": bool, "checks": {CHECK: {"max_abs_err": x,
    "tol": t, "pass": bool, ...}}}
 Exit status: 0 all checks pass, 1 any mismatch, 2 a file it cannot read or a

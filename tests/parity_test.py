@@ -43,7 +43,7 @@ class CheckParityCliTest(parameterized.TestCase):
     self.assertContainsSubset(want, set(out["checks"]))
     for check in out["checks"].values():
       self.assertTrue(check["pass"])
-      if "tol" in check:
+      if "max_abs_err" in check:  # Argmax checks count mismatches instead.
         self.assertLessEqual(check["max_abs_err"], check["tol"])
 
   def test_mismatch_exits_1(self):
@@ -76,17 +76,56 @@ class CheckParityCliTest(parameterized.TestCase):
       rc, out, _ = _cli(junk)
       self.assertEqual(rc, 2)
       self.assertIn("cannot read", out["error"])
-      # A readable npz without its json.
-      np.savez(os.path.join(d, "lonely.npz"), x=np.zeros(3))
+      # A model reference (var/ keys) without its json.
+      np.savez(os.path.join(d, "lonely.npz"),
+               **{"var/pos_start": np.zeros(3)})
       rc, out, _ = _cli(os.path.join(d, "lonely.npz"))
       self.assertEqual(rc, 2)
       self.assertIn("lonely.json", out["error"])
-    # The MiniLM and T5 golden files are not model references (yet).
-    for name, word in (("minilm_reference", "MiniLM"),
-                       ("t5_tiny_reference", "T5")):
-      rc, out, _ = _cli(testing.reference_dir() / f"{name}.npz")
+      # Unrelated keys are an unsupported kind, json or not.
+      np.savez(os.path.join(d, "other.npz"), x=np.zeros(3),
+               input_ids=np.zeros((1, 2), np.int32))
+      shutil.copy(testing.reference_dir() / "var_tiny.json",
+                  os.path.join(d, "other.json"))
+      rc, out, _ = _cli(os.path.join(d, "other.npz"))
       self.assertEqual(rc, 2)
-      self.assertIn(word, out["error"])
+      self.assertIn("unsupported reference kind", out["error"])
+
+  @parameterized.named_parameters(
+      ("minilm", "minilm_reference",
+       {"input_ids", "attention_mask", "input_ids_pad256",
+        "attention_mask_pad256", "trunc_input_ids", "last_hidden_state",
+        "mean_pooled", "sentence_embedding", "trunc_sentence_embedding"}),
+      ("t5", "t5_tiny_reference",
+       {"param_count", "relative_position_bucket", "embeddings",
+        "position_bias", "block_outputs", "last_hidden_state",
+        "long_last_hidden_state"}))
+  def test_text_reference_passes(self, name, want):
+    # These files are self-contained: no NAME.json is needed beside them.
+    self.assertFalse((testing.reference_dir() / f"{name}.json").exists())
+    rc, out, err = _cli(testing.reference_dir() / f"{name}.npz")
+    self.assertEqual(rc, 0, msg=err[-3000:])
+    self.assertEqual(out["reference"], name)
+    self.assertTrue(out["pass"])
+    self.assertContainsSubset(want, set(out["checks"]))
+    for check in out["checks"].values():
+      self.assertTrue(check["pass"])
+      if "max_abs_err" in check:  # Argmax checks count mismatches instead.
+        self.assertLessEqual(check["max_abs_err"], check["tol"])
+
+  def test_t5_mismatch_exits_1(self):
+    # 3e-4 on one output value: above the 1e-4 tolerance and below the
+    # erf-vs-tanh GELU error (6.4e-4) that the tolerance exists to catch.
+    ref = testing.load_reference("t5_tiny_reference")
+    ref["long/last_hidden_state"] = ref["long/last_hidden_state"].copy()
+    ref["long/last_hidden_state"][0, 100, 7] += 3e-4
+    with tempfile.TemporaryDirectory() as d:
+      np.savez(os.path.join(d, "t5_bad.npz"), **ref)
+      rc, out, _ = _cli(os.path.join(d, "t5_bad.npz"))
+    self.assertEqual(rc, 1)
+    self.assertFalse(out["pass"])
+    self.assertFalse(out["checks"]["long_last_hidden_state"]["pass"])
+    self.assertTrue(out["checks"]["last_hidden_state"]["pass"])
 
 
 if __name__ == "__main__":

