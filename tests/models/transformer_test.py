@@ -21,6 +21,8 @@ _GOLDEN_PARAMS = {
     "var_d36": 2_353_893_904,
     "infinity_2b": 2_204_564_032,
     "infinity_8b": 8_375_791_824,
+    # Our own design (SPEC §8), pinned so its shipped size stays in budget.
+    "emoji": 9_410_496,
     "var_tiny": 880_260,
     "infinity_tiny": 3_110_180,
 }
@@ -35,6 +37,24 @@ class ParamCountTest(parameterized.TestCase):
   def test_param_count(self, name):
     self.assertEqual(transformer.param_count(config_lib.get_variant(name)),
                      _GOLDEN_PARAMS[name])
+
+
+class EmojiBudgetTest(absltest.TestCase):
+
+  def test_shipped_weights_fit_30_mb_in_bf16(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    from toprovar_jax.convert import bsq_vae as convert_bsq  # pylint: disable=g-import-not-at-top
+    tok = convert_bsq.abstract_params(config_lib.get_tokenizer("emoji"))
+    n = (transformer.param_count(config_lib.get_variant("emoji"))
+         + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tok)))
+    self.assertLessEqual(2 * n, 30 * 2**20)
+
+  def test_emoji_schedule(self):
+    cfg = config_lib.get_variant("emoji")
+    self.assertGreaterEqual(cfg.num_scales, 10)
+    self.assertEqual(cfg.schedule[-1], (16, 16))
+    tok = config_lib.get_tokenizer("emoji")
+    self.assertEqual(16 * tok.stride, 128)  # 128 px images
 
 
 class ConverterTest(parameterized.TestCase):

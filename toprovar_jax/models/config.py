@@ -96,6 +96,9 @@ class TransformerConfig:
     rope_base: RoPE base frequency.
     patchify: Infinity-8B style 2x2 spatial patchify of the VAE latent.
     norm_eps: LayerNorm / RMSNorm epsilon.
+    text_pool_heads: heads of the attention-pooled SOS; 0 = the official rule
+      Ct // (128, or 64 above C = 4096). Our own models may need another
+      count so that C divides evenly (the emoji model: Ct = 384, C = 256).
   """
   name: str
   style: str
@@ -115,6 +118,7 @@ class TransformerConfig:
   rope_base: float = 10000.0
   patchify: bool = False
   norm_eps: float = 1e-6
+  text_pool_heads: int = 0
 
   def __post_init__(self):
     if self.style not in ("var", "infinity"):
@@ -123,6 +127,11 @@ class TransformerConfig:
       raise ValueError(
           f"TransformerConfig.width: {self.width} is not divisible by "
           f"num_heads={self.num_heads}")
+    if self.style == "infinity" and (
+        not self.pool_num_heads or self.width % self.pool_num_heads):
+      raise ValueError(
+          f"TransformerConfig.text_pool_heads: {self.pool_num_heads} pooling "
+          f"heads do not divide width {self.width}")
 
   @property
   def head_dim(self) -> int:
@@ -161,6 +170,8 @@ class TransformerConfig:
 
   @property
   def pool_num_heads(self) -> int:
+    if self.text_pool_heads:
+      return self.text_pool_heads
     return self.text_dim // self.pool_head_dim
 
 
@@ -238,6 +249,17 @@ def _infinity(name, depth, width, num_heads, bits, patchify=False,
       rope_grid=rope_grid, patchify=patchify)
 
 
+EMOJI_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+
+
+def config_lib_emoji() -> "TransformerConfig":
+  return TransformerConfig(
+      name="emoji", style="infinity", depth=8, width=256, num_heads=4,
+      mlp_hidden=infinity_mlp_hidden(256), schedule=square_schedule(EMOJI_SIDES),
+      latent_dim=16, shared_aln=True, num_level_embeds=15, text_dim=384,
+      text_maxlen=32, rope_grid=(16, 16), text_pool_heads=4)
+
+
 # The one variant table. Tiny variants are the golden-file configs
 # (reference README §2) used by CPU tests.
 VARIANTS = {
@@ -251,6 +273,10 @@ VARIANTS = {
     # 8B: 14-bit BSQ latent at stride 8 with 2x2 patchify -> 56 bits a token.
     "infinity_8b": _infinity("infinity_8b", 40, 3584, 28, bits=56,
                              patchify=True),
+    # The embedded default (SPEC §8): 128 px emoji, BSQ stride 8 -> 16×16
+    # final grid, 10 scales, MiniLM token features (384-d) as text. Sized so
+    # transformer + tokenizer ship in ≤ 30 MB of bf16.
+    "emoji": config_lib_emoji(),
     "var_tiny": _var(2, name="var_tiny", vocab_size=256),
     "infinity_tiny": _infinity("infinity_tiny", 2, 256, 2, bits=16,
                                sides=INFINITY_1M_SIDES[:7], text_dim=256),
@@ -262,6 +288,7 @@ TOKENIZERS = {
     "var_d36": VQVAEConfig(patch_nums=VAR_PATCH_NUMS_512),
     "infinity_2b": BSQConfig(codebook_dim=32),
     "infinity_8b": BSQConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4)),
+    "emoji": BSQConfig(base_ch=32, ch_mult=(1, 2, 4, 4), codebook_dim=16),
     "var_tiny": VQVAEConfig(ch=32, vocab_size=256),
     "infinity_tiny": BSQConfig(base_ch=32, ch_mult=(1, 2, 2, 2, 2),
                                codebook_dim=16),
