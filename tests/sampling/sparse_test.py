@@ -39,11 +39,16 @@ def _sampler(cfg, plan=None, **kw):
       sampling=sampler_lib.SamplingConfig(top_k=1, return_logits=True, **kw))
 
 
+def _run(cfg, params, cond, plan=None, **kw):
+  """Greedy generation at cfg 3, τ 1, seed 0 (the fixed setting of these tests)."""
+  return _sampler(cfg, plan, **kw).generate(
+      params, None, jax.random.key(0), jnp.float32(3.0), jnp.float32(1.0),
+      **cond)
+
+
 @functools.lru_cache(maxsize=None)
 def _dense_out():
-  cfg, params, cond = _micro()
-  return _sampler(cfg).generate(params, None, jax.random.key(0),
-                                jnp.float32(3.0), jnp.float32(1.0), **cond)
+  return _run(*_micro())
 
 
 def _with_scales(plan, name, fn):
@@ -78,9 +83,7 @@ class EqualitiesTest(parameterized.TestCase):
     cfg, params, cond = _micro()
     plan = plan_lib.validate_plan(_all_sparse(cfg, scorer, select, restore),
                                   cfg)
-    out = _sampler(cfg, plan).generate(params, None, jax.random.key(0),
-                                       jnp.float32(3.0), jnp.float32(1.0),
-                                       **cond)
+    out = _run(cfg, params, cond, plan)
     ref = _dense_out()
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
     chex.assert_trees_all_close(out.logits, ref.logits, atol=1e-5, rtol=0)
@@ -90,16 +93,13 @@ class EqualitiesTest(parameterized.TestCase):
     dense = plan_lib.dense_plan(cfg)
     plan = _with_scales(dense, "x1", lambda s, sp: dataclasses.replace(
         sp, layers="FXF"))
-    out = _sampler(cfg, plan).generate(params, None, jax.random.key(0),
-                                       jnp.float32(3.0), jnp.float32(1.0),
-                                       **cond)
+    out = _run(cfg, params, cond, plan)
     # The same model with block 1 removed.
     cfg2 = dataclasses.replace(cfg, depth=2)
     keep = jnp.array([0, 2])
     params2 = {"stem": params["stem"],
                "blocks": jax.tree.map(lambda t: t[keep], params["blocks"])}
-    ref = _sampler(cfg2).generate(params2, None, jax.random.key(0),
-                                  jnp.float32(3.0), jnp.float32(1.0), **cond)
+    ref = _run(cfg2, params2, cond)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
     chex.assert_trees_all_close(out.logits, ref.logits, atol=1e-6, rtol=0)
 
@@ -108,9 +108,7 @@ class EqualitiesTest(parameterized.TestCase):
     dense = plan_lib.dense_plan(cfg)
     plan = _with_scales(dense, "x_at_2", lambda s, sp: dataclasses.replace(
         sp, layers="FXF" if s == 2 else sp.layers))
-    out = _sampler(cfg, plan).generate(params, None, jax.random.key(0),
-                                       jnp.float32(3.0), jnp.float32(1.0),
-                                       **cond)
+    out = _run(cfg, params, cond, plan)
     ref = _dense_out()
     a = cfg.scale_offsets[2]
     np.testing.assert_array_equal(np.asarray(out.logits[:, :a]),
@@ -123,9 +121,7 @@ class EqualitiesTest(parameterized.TestCase):
     plan = dataclasses.replace(plan_lib.dense_plan(cfg), name="exit3",
                                exit_scale=3)
     plan = dataclasses.replace(plan, scales=plan.scales[:3])
-    out = _sampler(cfg, plan).generate(params, None, jax.random.key(0),
-                                       jnp.float32(3.0), jnp.float32(1.0),
-                                       **cond)
+    out = _run(cfg, params, cond, plan)
     ref = _dense_out()
     e = cfg.scale_offsets[3]
     self.assertEqual(out.tokens.shape[1], e)
@@ -192,9 +188,7 @@ class PrunedPlanTest(absltest.TestCase):
     cfg, params, cond = _micro()
     # Record every layer's entropy on the dense run: the probe's map decides
     # the kept set of scale 2 in the pruned plan.
-    out = _sampler(cfg, record_entropy=True).generate(
-        params, None, jax.random.key(0), jnp.float32(3.0), jnp.float32(1.0),
-        **cond)
+    out = _run(cfg, params, cond, record_entropy=True)
     ent = np.asarray(out.entropy[2][0])  # layer 0, (B, 16)
     self.assertTrue(np.all(np.isfinite(ent)))
     self.assertTrue(np.all(ent > 0))
