@@ -1,0 +1,263 @@
+"""Tests of tokenizer training, PSNR / SSIM, and experiments/train.py.
+
+A tiny BSQ VAE (stride 4, no encoder res-blocks) on 32 px images compiles in
+seconds on CPU. The end-to-end test runs `experiments/train.py` in a
+subprocess (absl flags of several experiments/*.py mains would clash in the
+pytest process) on a 12-emoji dataset rendered from the real font. That
+subprocess starts in `setUpModule` and runs while the in-process tests run:
+XLA compiles on one core, so the two overlap on a two-core machine.
+"""
+
+import functools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import scipy.signal
+
+from toprovar_jax import training
+from toprovar_jax.data import emoji
+from toprovar_jax.models import bsq_vae
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.training import loop
+from toprovar_jax.training import tokenizer
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The test-only variant: stride 4, 32 px images -> an 8x8 grid, 4 scales.
+_MODEL, _TOK = training.get_models("_emoji_tiny")
+_SCHEDULE = _MODEL.schedule
+_B, _SIZE, _STEPS = 16, 32, 20
+
+
+def _smooth_images(seed=0):
+  """(16, 32, 32, 3) in [-1, 1]: random 4x4 colour fields, upsampled."""
+  coarse = np.random.default_rng(seed).uniform(-1, 1, (_B, 4, 4, 3))
+  return jax.image.resize(jnp.asarray(coarse, jnp.float32),
+                          (_B, _SIZE, _SIZE, 3), "linear")
+
+
+def _reference_ssim(x, y, data_range=1.0):
+  """Independent SSIM: 2-D Gaussian window and scipy correlation, float64."""
+  g = np.exp(-0.5 * ((np.arange(11) - 5.0) / 1.5) ** 2)
+  window = np.outer(g, g) / np.outer(g, g).sum()
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  out = []
+  for xi, yi in zip(np.asarray(x, np.float64), np.asarray(y, np.float64)):
+    vals = []
+    for c in range(xi.shape[-1]):
+      f = functools.partial(scipy.signal.correlate2d, in2=window,
+                            mode="valid")
+      a, b = xi[..., c], yi[..., c]
+      mu_a, mu_b = f(a), f(b)
+      var_a, var_b = f(a * a) - mu_a ** 2, f(b * b) - mu_b ** 2
+      cov = f(a * b) - mu_a * mu_b
+      vals.append(((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+                   / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))))
+    out.append(np.mean(vals))
+  return np.array(out)
+
+
+_psnr = jax.jit(tokenizer.psnr, static_argnames="data_range")
+_ssim = jax.jit(tokenizer.ssim)  # eager ssim dispatches ~100 small ops
+
+
+class MetricsTest(absltest.TestCase):
+
+  def test_psnr_golden(self):
+    x = jnp.full((2, 16, 16, 3), 0.5)
+    self.assertTrue(np.all(np.isinf(_psnr(x, x))))
+    # +-0.1 checkerboard noise: MSE 0.01 -> exactly 20 dB at range 1, and
+    # the same images in [-1, 1] (noise 0.2, range 2) give the same PSNR.
+    sign = np.where(np.indices((16, 16)).sum(0) % 2, 1.0, -1.0)[..., None]
+    y = x + 0.1 * sign
+    np.testing.assert_allclose(_psnr(x, y), 20.0, atol=1e-4)
+    np.testing.assert_allclose(
+        _psnr(2 * x - 1, 2 * y - 1, data_range=2.0), 20.0,
+        atol=1e-4)
+    # Noise 0.05 -> 26.0206 dB (10 log10(1 / 0.0025)).
+    np.testing.assert_allclose(_psnr(x, x + 0.05 * sign),
+                               26.0206, atol=1e-3)
+
+  def test_ssim_golden(self):
+    x = jax.random.uniform(jax.random.key(0), (2, 24, 20, 3))
+    np.testing.assert_allclose(_ssim(x, x), 1.0, atol=1e-6)
+    # Constant images: the structure term is (0 + C2) / (0 + C2) = 1, so
+    # SSIM = (2 * 0.5 * 0.6 + C1) / (0.5^2 + 0.6^2 + C1).
+    c1 = 0.01 ** 2
+    want = (2 * 0.5 * 0.6 + c1) / (0.25 + 0.36 + c1)
+    got = _ssim(jnp.full((1, 16, 16, 1), 0.5),
+                         jnp.full((1, 16, 16, 1), 0.6))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+  def test_ssim_matches_independent_reference(self):
+    x = np.random.default_rng(1).uniform(0, 1, (2, 20, 24, 3))
+    y = np.clip(x + np.random.default_rng(2).normal(0, 0.1, x.shape), 0, 1)
+    got = _ssim(jnp.asarray(x, jnp.float32),
+                         jnp.asarray(y, jnp.float32))
+    np.testing.assert_allclose(got, _reference_ssim(x, y), atol=2e-5)
+    self.assertTrue(np.all(got < 0.99))
+    with self.assertRaisesRegex(ValueError, "window"):
+      _ssim(x[:, :8, :8], y[:, :8, :8])
+
+
+_quantize = jax.jit(tokenizer.st_multiscale_quantize,
+                    static_argnames=("schedule", "flip_prob"))
+
+
+class QuantizerTest(absltest.TestCase):
+
+  def test_forward_equals_inference_quantiser(self):
+    h = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+    z, commit, bit_mean = _quantize(h, _SCHEDULE)
+    _, z_ref = jax.jit(bsq_vae.multiscale_quantize, static_argnums=1)(
+        h, _SCHEDULE)
+    # Equal to within an ulp: under jit XLA may fuse u + (zhat - u)
+    # differently in the two programs (eagerly they are bit-identical).
+    np.testing.assert_allclose(z, z_ref, atol=2e-7)
+    self.assertBetween(float(commit), 0.0, 4.0 / 8)
+    self.assertBetween(float(bit_mean), 0.3, 0.7)
+
+  def test_straight_through_gradient(self):
+    h = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+    target = jax.random.normal(jax.random.key(1), (2, 8, 8, 8))
+    grad = jax.jit(jax.grad(lambda h: jnp.sum(
+        tokenizer.st_multiscale_quantize(h, _SCHEDULE)[0] * target)))(h)
+    self.assertTrue(np.all(np.isfinite(grad)))
+    self.assertGreater(float(jnp.abs(grad).mean()), 1e-3)
+    # The inference quantiser passes no gradient at all.
+    grad_ref = jax.jit(jax.grad(lambda h: jnp.sum(
+        bsq_vae.multiscale_quantize(h, _SCHEDULE)[1] * target)))(h)
+    np.testing.assert_array_equal(grad_ref, 0.0)
+
+  def test_flips_change_the_sum(self):
+    h = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+    z0, _, _ = _quantize(h, _SCHEDULE)
+    # RBG: threefry's bernoulli compiles slowly on CPU.
+    z1, _, _ = _quantize(h, _SCHEDULE, rng=jax.random.key(3, impl="rbg"),
+                         flip_prob=0.2)
+    self.assertGreater(float(jnp.abs(z1 - z0).max()), 0.1)
+
+  def test_default_schedule(self):
+    self.assertEqual(tokenizer.default_schedule((16, 16)),
+                     config_lib.square_schedule(config_lib.EMOJI_SIDES))
+    self.assertEqual(tokenizer.default_schedule((8, 8)),
+                     ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (8, 8)))
+
+
+class TrainStepTest(absltest.TestCase):
+
+  def test_loss_decreases_and_eval_is_consistent(self):
+    tx, _ = loop.make_optimizer(learning_rate=2e-3, total_steps=100,
+                                warmup_steps=1, grad_clip=1.0, b2=0.99)
+    objective = tokenizer.TokenizerObjective(schedule=_SCHEDULE)
+    # An RBG key: its init compiles ~3x faster than threefry's on CPU.
+    state = jax.jit(functools.partial(tokenizer.init_state, _TOK, tx=tx))(
+        jax.random.key(0, impl="rbg"))
+    step = jax.jit(functools.partial(tokenizer.train_step, tok_cfg=_TOK,
+                                     tx=tx, objective=objective),
+                   donate_argnums=0)
+    images = _smooth_images()
+    losses = []
+    for _ in range(_STEPS):
+      state, metrics = step(state, images, jax.random.key(1))
+      losses.append(float(metrics["loss"]))
+    self.assertEqual(int(state.step), _STEPS)
+    self.assertTrue(np.all(np.isfinite(losses)))
+    self.assertLess(np.mean(losses[-3:]), 0.6 * np.mean(losses[:3]))
+    self.assertEqual(set(metrics), {"loss", "l1", "l2", "commit", "psnr",
+                                    "bit_mean", "grad_norm"})
+
+    # evaluate() == PSNR / SSIM of reconstruct_images(), computed here.
+    uint8 = np.asarray(jnp.round((images + 1) * 127.5), np.uint8)
+    kw = dict(tok_cfg=_TOK, schedule=_SCHEDULE, batch_size=12)  # pads 16->24
+    result = tokenizer.evaluate(state.params, uint8, **kw)
+    rec = tokenizer.reconstruct_images(state.params, uint8, **kw)
+    self.assertEqual(rec.shape, uint8.shape)
+    a, b = rec / 255.0, uint8 / 255.0
+    want_psnr = np.mean(10 * np.log10(1 / np.mean((a - b) ** 2, (1, 2, 3))))
+    self.assertAlmostEqual(result["psnr"], want_psnr, places=3)
+    self.assertAlmostEqual(result["ssim"], _reference_ssim(a, b).mean(),
+                           places=4)
+
+
+def _train_command(root, *flags):
+  return [sys.executable, "-m", "experiments.train",
+          "--config=configs/emoji_train.py:stage=tokenizer,tiny",
+          f"--config.data.dataset={root / 'emoji_32.npz'}",
+          f"--workdir={root / 'run'}", *flags]
+
+
+_E2E = {}  # root: temp folder; proc: the background training command
+
+
+def setUpModule():  # pylint: disable=invalid-name
+  root = pathlib.Path(tempfile.mkdtemp())
+  dataset = emoji.make_dataset(image_size=32, heldout_frac=0.25,
+                               entries=emoji.list_emoji()[:12])
+  emoji.save_dataset(root / "emoji_32.npz", dataset)
+  _E2E["root"] = root
+  _E2E["proc"] = subprocess.Popen(
+      _train_command(root), cwd=_ROOT, env=dict(os.environ,
+                                                JAX_PLATFORMS="cpu"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tearDownModule():  # pylint: disable=invalid-name
+  proc = _E2E.get("proc")
+  if proc is not None and proc.poll() is None:
+    proc.kill()
+    proc.communicate()
+  shutil.rmtree(_E2E.get("root", ""), ignore_errors=True)
+
+
+class TrainScriptTest(absltest.TestCase):
+  """`python -m experiments.train` on `configs/emoji_train.py:...,tiny`."""
+
+  def test_tokenizer_stage_end_to_end(self):
+    root = _E2E["root"]
+    workdir = root / "run"
+    _, stderr = _E2E["proc"].communicate(timeout=300)
+    self.assertEqual(_E2E["proc"].returncode, 0, stderr[-3000:])
+    results = json.loads((workdir / "results.json").read_text())
+    self.assertEqual(results["step"], 6)
+    self.assertTrue(results["done"])
+    run = results["runs"][0]
+    self.assertEqual((run["start_step"], run["end_step"]), (0, 6))
+    self.assertBetween(run["eval"]["ssim"], -1.0, 1.0)
+    self.assertGreater(run["eval"]["psnr"], 0.0)
+    for name in ("config.json", "metrics.jsonl", "curves.json", "curves.png",
+                 "reconstructions.png", "export/tokenizer.manifest.json",
+                 "export/tokenizer_000.npz", "checkpoints/6"):
+      self.assertTrue((workdir / name).exists(), name)
+    rows = [json.loads(line) for line in
+            (workdir / "metrics.jsonl").read_text().splitlines()]
+    self.assertEqual([r["step"] for r in rows if "train/loss" in r],
+                     [2, 4, 6])
+    self.assertEqual([r["step"] for r in rows if "eval/psnr" in r], [6])
+    with Image.open(workdir / "reconstructions.png") as img:
+      # 3 held-out emoji: one row of originals over one of reconstructions.
+      self.assertEqual(img.size, (3 * 34 + 2, 2 * 34 + 2))
+    # The export loads back in the pipeline's tokenizer layout.
+    params = tokenizer.load_trained(str(workdir), _TOK)
+    self.assertEqual(set(params), {"params"})
+
+    # Another config in the same workdir is refused before any training.
+    refused = subprocess.run(
+        _train_command(root, "--config.optim.learning_rate=0.5"), cwd=_ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+        text=True, timeout=120)
+    self.assertNotEqual(refused.returncode, 0)
+    self.assertIn("optim.learning_rate", refused.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,156 @@
+"""Training of the embedded emoji model (SPEC §8): tokenizer, then transformer.
+
+  loop          the resumable, time-budgeted loop, optimiser, bf16 export
+  tokenizer     BSQ VAE step (multi-scale straight-through BSQ), PSNR / SSIM
+  transformer   the next-scale transformer step (per-bit loss, BSC)
+  curves        metrics.jsonl -> curves.json / curves.png
+
+The glue of `experiments/train.py` lives here: `get_models` resolves a
+config's variant name to the two static model configs (`_emoji_tiny` is the
+test-only miniature, 32 px and 4 scales, that compiles in seconds on CPU);
+`split`, `caption_features` and `make_batch_fn` turn the emoji dataset and
+the caption features into per-step numpy batches.
+
+Batches are a pure function of the step: indices walk through per-epoch
+permutations drawn from `default_rng((seed, 1, epoch))`, and the augmentation
+of `data.emoji` draws from `default_rng((seed, 0, step))`, so a resumed run
+sees exactly the batches an uninterrupted one would (a (seed, step) pair
+rather than seed + step keeps different seeds' streams apart).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from toprovar_jax.data import emoji
+from toprovar_jax.models import config as config_lib
+
+# Test-only: stride 4, no encoder res-blocks, 8x8 final grid at 32 px.
+_EMOJI_TINY = (
+    config_lib.TransformerConfig(
+        name="_emoji_tiny", style="infinity", depth=2, width=64, num_heads=2,
+        mlp_hidden=128, schedule=config_lib.square_schedule((1, 2, 4, 8)),
+        latent_dim=8, shared_aln=True, num_level_embeds=15, text_dim=384,
+        text_maxlen=16, rope_grid=(8, 8), text_pool_heads=2),
+    config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1, 1), num_res_blocks=0,
+                         codebook_dim=8),
+)
+
+
+def get_models(variant: str) -> Tuple[config_lib.TransformerConfig,
+                                      config_lib.BSQConfig]:
+  """(transformer config, BSQ tokenizer config) of a trainable variant.
+
+  Raises:
+    ValueError: unknown variant, or one without a BSQ tokenizer (only
+      Infinity-style models train here).
+  """
+  if variant == "_emoji_tiny":
+    return _EMOJI_TINY
+  model = config_lib.get_variant(variant)
+  tok = config_lib.get_tokenizer(variant)
+  if model.style != "infinity" or not isinstance(tok, config_lib.BSQConfig):
+    raise ValueError(f"model.variant: {variant!r} is not an Infinity-style "
+                     "model with a BSQ tokenizer; only those train here")
+  return model, tok
+
+
+def image_size(model: config_lib.TransformerConfig,
+               tok: config_lib.BSQConfig) -> int:
+  """Training image side: final latent grid times the tokenizer stride."""
+  h, w = config_lib.vae_grid(model)
+  if h != w:
+    raise ValueError(f"model.schedule: final grid {(h, w)} is not square")
+  return h * tok.stride
+
+
+def split(dataset: emoji.EmojiDataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(train, eval) boolean masks of the dataset's emoji.
+
+  Train is everything not held out, eval the held-out emoji; a dataset that
+  is all one or the other (a tiny test set) uses everything for both.
+  """
+  heldout = np.asarray(dataset.heldout, bool)
+  if 0 < heldout.sum() < len(heldout):
+    return ~heldout, heldout
+  everything = np.ones(len(heldout), bool)
+  return everything, everything
+
+
+def caption_features(path: str, captions) -> Tuple[np.ndarray, np.ndarray]:
+  """Token features of `captions` from an `encode_captions.py` npz.
+
+  Args:
+    path: npz with captions (M,), token_features (M, T, Ct), mask (M, T).
+    captions: (N,) captions to look up (by string, so the two files need
+      not share an order).
+
+  Returns:
+    text (N, T, Ct) float32 and text_mask (N, T) bool.
+
+  Raises:
+    ValueError: some captions have no features (the count and examples).
+  """
+  with np.load(path, allow_pickle=False) as f:
+    row = {c: i for i, c in enumerate(f["captions"].tolist())}
+    missing = [c for c in captions if c not in row]
+    if missing:
+      raise ValueError(f"{path}: no features for {len(missing)} captions, "
+                       f"e.g. {missing[:3]}; rerun encode_captions.py")
+    rows = np.array([row[c] for c in captions], np.int64)
+    return (f["token_features"][rows].astype(np.float32),
+            f["mask"][rows].astype(bool))
+
+
+def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
+                  seed: int, workers: int = 1,
+                  text: Optional[np.ndarray] = None,
+                  text_mask: Optional[np.ndarray] = None
+                  ) -> Callable[[int], Dict[str, np.ndarray]]:
+  """step -> batch of augmented emoji (and their caption features).
+
+  Args:
+    rgba: (N, S, S, 4) uint8 training emoji.
+    batch_size: B.
+    image_size: S.
+    seed: data seed.
+    workers: threads that augment slices of one batch in parallel (numpy
+      releases the GIL in the heavy parts); results do not depend on it.
+    text, text_mask: (N, T, Ct) and (N, T) caption features, row-aligned
+      with `rgba` (transformer stage), or None.
+
+  Returns:
+    fn(step) -> {"images": (B, S, S, 3) uint8} plus "text" / "text_mask";
+    images are `emoji.augment` outputs before normalisation (the device
+    maps them to [-1, 1]: a quarter of the host-to-device bytes).
+  """
+  n = len(rgba)
+  pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
+
+  @functools.lru_cache(maxsize=8)
+  def permutation(epoch):
+    return np.random.default_rng((seed, 1, epoch)).permutation(n)
+
+  def fn(step: int) -> Dict[str, np.ndarray]:
+    pos = step * batch_size + np.arange(batch_size)
+    idx = np.concatenate([permutation(e)[pos[pos // n == e] % n]
+                          for e in np.unique(pos // n)])
+    aug = emoji.sample_augment_params(
+        np.random.default_rng((seed, 0, step)), batch_size=batch_size,
+        image_size=image_size)
+    cuts = np.linspace(0, batch_size, max(workers, 1) + 1).astype(int)
+    parts = [pool.submit(emoji.apply_augment, rgba[idx[i:j]],
+                         emoji.AugmentParams(background=aug.background[i:j],
+                                             scale=aug.scale[i:j],
+                                             shift=aug.shift[i:j]))
+             for i, j in zip(cuts[:-1], cuts[1:]) if j > i]
+    batch = dict(images=np.concatenate([p.result() for p in parts]))
+    if text is not None:
+      batch.update(text=text[idx], text_mask=text_mask[idx])
+    return batch
+
+  return fn

@@ -1,0 +1,651 @@
+"""A resumable training loop for a series of time-limited commands.
+
+On the GPU machine a command may run for at most 10 minutes, and the disk
+persists between the commands of one lease. So one `run` call is one command:
+
+  1. resume from the latest orbax checkpoint in `workdir/checkpoints`
+     (or start from the given fresh state);
+  2. train until `num_steps`, or until the wall-clock budget is nearly spent
+     (`time_budget_s` minus `reserve_s` for the final save and export);
+  3. save a checkpoint (every `checkpoint_every_steps`, and at the end),
+     keeping the last `keep_checkpoints`;
+  4. append metrics to `workdir/metrics.jsonl`, log steps/s and the ETA, and
+     write `curves.json` / `curves.png` (`training.curves`);
+  5. export the params as bf16 `.npz` shards of at most 16 MiB each plus a
+     `manifest.json` (`export_params`), the files that leave the machine.
+
+Rerunning the same command continues where the last one stopped. Batches and
+step keys depend only on the step (`batch_fn(step)`; train steps fold
+`state.step` into the key), so an interrupted run and an uninterrupted one
+reach the same parameters (tests/training/loop_test.py).
+
+The state is any pytree with an integer `step` leaf, normally a
+`training.transformer.TrainState` (step, params, opt_state).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import secrets
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Tuple, Union
+
+from absl import logging
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from toprovar_jax import io
+from toprovar_jax.training import curves as curves_lib
+
+PathLike = Union[str, os.PathLike]
+Metrics = Dict[str, Any]
+
+MiB = 1 << 20
+EXPORT_FORMAT = "toprovar-npz-shards-v1"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+# Room for the .npy headers and zip directory of one shard, per array.
+_NPZ_OVERHEAD_PER_ARRAY = 512
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+  """Static settings of `run`.
+
+  Attributes:
+    num_steps: train until `state.step` reaches this (over all runs).
+    checkpoint_every_steps: save whenever the step is a multiple of this.
+    log_every_steps: average metrics over this many steps, log and append
+      them to metrics.jsonl; also the host-device sync interval.
+    eval_every_steps: call `eval_fn` at these multiples (0 = only at the end
+      of each run).
+    keep_checkpoints: orbax `max_to_keep`.
+    time_budget_s: wall-clock budget of this run from `start_time`, in
+      seconds (0 = none); the run stops early enough to save and export
+      within it.
+    reserve_s: seconds kept back for the final eval, save, curves and export.
+    prefetch: batches prepared ahead in background threads.
+    export_max_bytes: largest export shard, in bytes.
+  """
+  num_steps: int
+  checkpoint_every_steps: int = 1000
+  log_every_steps: int = 50
+  eval_every_steps: int = 0
+  keep_checkpoints: int = 2
+  time_budget_s: float = 0.0
+  reserve_s: float = 30.0
+  prefetch: int = 2
+  export_max_bytes: int = 16 * MiB
+
+  def __post_init__(self):
+    for name in ("num_steps", "checkpoint_every_steps", "log_every_steps",
+                 "keep_checkpoints"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"LoopConfig.{name}: must be >= 1, got "
+                         f"{getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """What one `run` call did.
+
+  Attributes:
+    state: the final state (on device).
+    start_step: the step this run resumed from (0 for a fresh start).
+    end_step: the step it stopped at.
+    stopped_by: 'done' (reached num_steps) or 'time_budget'.
+    steps_per_sec: training throughput after compilation (0 if unmeasured).
+    compile_s: wall time of the first step (compilation included).
+    wall_s: wall time of the whole call.
+    eval_metrics: the last evaluation ({} without `eval_fn`).
+    export_files: paths written by the export (manifest last).
+  """
+  state: Any
+  start_step: int
+  end_step: int
+  stopped_by: str
+  steps_per_sec: float
+  compile_s: float
+  wall_s: float
+  eval_metrics: Dict[str, float]
+  export_files: Tuple[str, ...]
+
+
+# -----------------------------------------------------------------------------
+# Optimiser.
+# -----------------------------------------------------------------------------
+
+
+def make_optimizer(*, learning_rate: float, total_steps: int,
+                   warmup_steps: int, end_lr_frac: float = 0.0,
+                   weight_decay: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.95, grad_clip: float = 0.0
+                   ) -> Tuple[optax.GradientTransformation,
+                              optax.Schedule]:
+  """AdamW with linear warmup then cosine decay, optional global-norm clip.
+
+  Weight decay applies to matrices and convolution kernels only (ndim >= 2),
+  not to biases, norm scales or embeddings-as-vectors.
+
+  Args:
+    learning_rate: peak learning rate.
+    total_steps: length of the schedule (warmup included).
+    warmup_steps: linear warmup from 0.
+    end_lr_frac: final learning rate as a fraction of the peak.
+    weight_decay: decoupled weight decay.
+    b1, b2: Adam moments.
+    grad_clip: clip the global gradient norm to this (0 = off).
+
+  Returns:
+    (tx, schedule): the transformation and the step -> lr function.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate,
+      warmup_steps=max(1, min(warmup_steps, total_steps - 1)),
+      decay_steps=max(total_steps, 2),
+      end_value=learning_rate * end_lr_frac)
+  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+  parts = []
+  if grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(grad_clip))
+  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
+                           mask=decay_mask))
+  return optax.chain(*parts), schedule
+
+
+# -----------------------------------------------------------------------------
+# Export: bf16 npz shards, each at most `max_bytes`.
+# -----------------------------------------------------------------------------
+
+
+def _write_bytes_atomic(path: pathlib.Path, data: bytes) -> pathlib.Path:
+  tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+  try:
+    with open(tmp, "xb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+  import io as pyio  # local: `io` is toprovar_jax.io here
+  buf = pyio.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
+
+
+def export_params(directory: PathLike, tree: Any, *, name: str = "params",
+                  step: int = 0, dtype: Any = jnp.bfloat16,
+                  max_bytes: int = 16 * MiB,
+                  metadata: Optional[Mapping[str, Any]] = None
+                  ) -> List[pathlib.Path]:
+  """Writes a nested dict of arrays as npz shards of at most `max_bytes`.
+
+  Floating leaves are cast to `dtype`; bf16 is stored as its uint16 bit
+  pattern (numpy has no bfloat16 and `np.load` would return raw void), and
+  `manifest.json` records the real dtype and shape of every leaf. A leaf too
+  big for one shard is split along its first axis. Shards are
+  `<name>_000.npz`, `<name>_001.npz`, ...; every file is written atomically
+  and the manifest last, so a reader never sees a manifest without its
+  shards. Older shards of the same name that the new manifest does not list
+  are removed.
+
+  Args:
+    directory: output folder (created).
+    tree: nested dict of arrays (jax or numpy), e.g. {"params": ...}.
+    name: file prefix; the manifest is `<name>.manifest.json`.
+    step: training step recorded in the manifest.
+    dtype: storage dtype of floating leaves.
+    max_bytes: largest shard file.
+    metadata: extra JSON-serialisable fields for the manifest.
+
+  Returns:
+    The written paths, shards first, manifest last.
+
+  Raises:
+    ValueError: `max_bytes` cannot hold even one row of some leaf.
+  """
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  flat = flax.traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+  budget = max_bytes - 4096  # zip end-of-directory and slack
+  leaves, pieces = {}, []  # pieces: (leaf key, part index, array)
+  for key in sorted(flat):
+    arr = np.asarray(flat[key])
+    if np.issubdtype(arr.dtype, np.floating):
+      arr = arr.astype(dtype)
+    stored_dtype = np.dtype(arr.dtype)
+    if stored_dtype == np.dtype(ml_dtypes.bfloat16):
+      arr = arr.view(np.uint16)
+    leaves[key] = dict(shape=list(arr.shape), dtype=stored_dtype.name,
+                       parts=[])
+    row_bytes = arr.nbytes // max(arr.shape[0], 1) if arr.ndim else arr.nbytes
+    if arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY <= budget or arr.ndim == 0:
+      pieces.append((key, 0, arr))
+      continue
+    rows = (budget - _NPZ_OVERHEAD_PER_ARRAY) // max(row_bytes, 1)
+    if rows < 1:
+      raise ValueError(f"export: one row of {key!r} ({row_bytes} bytes) does "
+                       f"not fit in max_bytes={max_bytes}")
+    for part, start in enumerate(range(0, arr.shape[0], rows)):
+      pieces.append((key, part, arr[start:start + rows]))
+
+  # First-fit in key order: deterministic, and shards stay near max_bytes.
+  shards: List[Dict[str, np.ndarray]] = [{}]
+  used = [0]
+  for key, part, arr in pieces:
+    cost = arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY
+    if used[-1] + cost > budget and shards[-1]:
+      shards.append({})
+      used.append(0)
+    entry = f"{key}#{part}"
+    shards[-1][entry] = arr
+    used[-1] += cost
+    leaves[key]["parts"].append(
+        dict(file=f"{name}_{len(shards) - 1:03d}.npz", entry=entry,
+             rows=int(arr.shape[0]) if arr.ndim else 0))
+
+  written = []
+  for i, arrays in enumerate(shards):
+    data = _npz_bytes(arrays)
+    if len(data) > max_bytes:  # the overhead estimate is generous; be sure
+      raise AssertionError(f"export shard {i} is {len(data)} > {max_bytes}")
+    written.append(_write_bytes_atomic(directory / f"{name}_{i:03d}.npz",
+                                       data))
+  manifest = dict(format=EXPORT_FORMAT, name=name, step=int(step),
+                  max_bytes=int(max_bytes),
+                  files=[p.name for p in written],
+                  num_params=int(sum(np.prod(v["shape"], dtype=np.int64)
+                                     for v in leaves.values())),
+                  metadata=dict(metadata or {}), leaves=leaves)
+  written.append(io.write_json_atomic(directory / f"{name}.manifest.json",
+                                      manifest))
+  keep = set(manifest["files"])
+  for stale in directory.glob(f"{name}_[0-9][0-9][0-9].npz"):
+    if stale.name not in keep:
+      stale.unlink()
+  return written
+
+
+def load_export(directory: PathLike, name: str = "params",
+                dtype: Any = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """Reads what `export_params` wrote.
+
+  Args:
+    directory: the export folder.
+    name: the export's name.
+    dtype: cast floating leaves to this (None: keep the stored dtype).
+
+  Returns:
+    (tree, manifest): the nested dict of numpy arrays and the manifest.
+  """
+  directory = pathlib.Path(directory)
+  manifest = json.loads((directory / f"{name}.manifest.json").read_text())
+  if manifest.get("format") != EXPORT_FORMAT:
+    raise ValueError(f"{directory}: unknown export format "
+                     f"{manifest.get('format')!r}")
+  files = {}
+  flat = {}
+  try:
+    for key, leaf in manifest["leaves"].items():
+      parts = []
+      for part in leaf["parts"]:
+        if part["file"] not in files:
+          files[part["file"]] = np.load(directory / part["file"],
+                                        allow_pickle=False)
+        parts.append(files[part["file"]][part["entry"]])
+      arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+      stored = np.dtype(leaf["dtype"]) if leaf["dtype"] != "bfloat16" else (
+          np.dtype(ml_dtypes.bfloat16))
+      if stored == np.dtype(ml_dtypes.bfloat16):
+        arr = arr.view(ml_dtypes.bfloat16)
+      arr = arr.reshape(leaf["shape"])
+      if dtype is not None and np.issubdtype(stored, np.floating) or (
+          dtype is not None and stored == np.dtype(ml_dtypes.bfloat16)):
+        arr = arr.astype(dtype)
+      flat[key] = arr
+  finally:
+    for f in files.values():
+      f.close()
+  return flax.traverse_util.unflatten_dict(flat, sep="/"), manifest
+
+
+# -----------------------------------------------------------------------------
+# Workdir bookkeeping.
+# -----------------------------------------------------------------------------
+
+
+def check_resume_config(workdir: PathLike, config: Mapping[str, Any], *,
+                        mutable: Sequence[str] = ()) -> pathlib.Path:
+  """Refuses to resume a workdir that was trained with another config.
+
+  The first run writes `workdir/config.json`; later runs must match it except
+  in the `mutable` keys (dotted paths such as 'time_budget_s' or
+  'train_steps', which may change between the commands of one training).
+  The file is then rewritten with the current config.
+
+  Args:
+    workdir: the run folder (created if missing).
+    config: the resolved config as a nested dict (`ConfigDict.to_dict()`).
+    mutable: dotted keys allowed to differ.
+
+  Returns:
+    The workdir as an absolute path.
+
+  Raises:
+    ValueError: the stored config differs in other keys (all listed).
+  """
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / "config.json"
+  current = json.loads(json.dumps(dict(config), default=list))
+  if path.exists():
+    old = flax.traverse_util.flatten_dict(json.loads(path.read_text()),
+                                          sep=".")
+    new = flax.traverse_util.flatten_dict(current, sep=".")
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in mutable and old.get(k) != new.get(k))
+    if diff:
+      shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                        for k in diff[:8])
+      raise ValueError(
+          f"workdir {str(workdir)!r} holds a run with another config "
+          f"({shown}); use a new --workdir, or change only {sorted(mutable)}")
+  io.write_json_atomic(path, current)
+  return workdir
+
+
+def append_results(workdir: PathLike, result: RunResult,
+                   **fields: Any) -> pathlib.Path:
+  """Adds this run to `workdir/results.json` ({..., "runs": [...]}).
+
+  Args:
+    workdir: the run folder.
+    result: what `run` returned.
+    **fields: top-level fields to set (stage, variant, ...).
+
+  Returns:
+    The path written (atomically).
+  """
+  path = pathlib.Path(workdir) / "results.json"
+  old = json.loads(path.read_text()) if path.exists() else {}
+  runs = old.get("runs", []) + [dict(
+      start_step=result.start_step, end_step=result.end_step,
+      stopped_by=result.stopped_by,
+      steps_per_sec=round(result.steps_per_sec, 4),
+      compile_s=round(result.compile_s, 2), wall_s=round(result.wall_s, 2),
+      eval={k: (v if math.isfinite(v) else None)
+            for k, v in result.eval_metrics.items()},
+      export=[os.path.basename(p) for p in result.export_files],
+      device=str(jax.devices()[0]), jax=jax.__version__)]
+  return io.write_json_atomic(path, dict(old, **fields, step=result.end_step,
+                                         runs=runs))
+
+
+def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Drops rows after the checkpoint we resume from (a crashed run's tail)."""
+  if not path.exists():
+    return
+  rows = curves_lib.read_metrics(path)
+  kept = [r for r in rows if int(r["step"]) <= last_step]
+  text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+  _write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _append_metrics(path: pathlib.Path, row: Mapping[str, Any]) -> None:
+  clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+           for k, v in row.items()}
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(clean) + "\n")
+    f.flush()
+
+
+def _format_s(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _mean_metrics(window: List[Metrics]) -> Dict[str, float]:
+  host = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+# -----------------------------------------------------------------------------
+# The loop.
+# -----------------------------------------------------------------------------
+
+
+class _Prefetcher:
+  """`batch_fn(step)` for the next steps, computed in background threads.
+
+  Batches depend only on the step, so prefetching never changes results.
+  """
+
+  def __init__(self, batch_fn: Callable[[int], Any], start: int, end: int,
+               depth: int):
+    self._fn = lambda s: jax.device_put(batch_fn(s))
+    self._end = end
+    self._next = start
+    self._depth = max(depth, 0)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(max(depth, 1))
+                  if depth > 0 else None)
+    self._pending: Dict[int, concurrent.futures.Future] = {}
+
+  def get(self, step: int) -> Any:
+    if self._pool is None:
+      return self._fn(step)
+    while self._next < min(step + 1 + self._depth, self._end):
+      self._pending[self._next] = self._pool.submit(self._fn, self._next)
+      self._next += 1
+    return self._pending.pop(step).result()
+
+  def close(self) -> None:
+    if self._pool is not None:
+      for f in self._pending.values():
+        f.cancel()
+      self._pool.shutdown(wait=True)
+
+
+def run(*, workdir: PathLike, init_fn: Callable[[], Any],
+        train_step: Callable[[Any, Any, jax.Array], Tuple[Any, Metrics]],
+        batch_fn: Callable[[int], Any], rng: jax.Array, config: LoopConfig,
+        eval_fn: Optional[Callable[[Any], Mapping[str, float]]] = None,
+        learning_rate_fn: Optional[Callable[[int], Any]] = None,
+        export_fn: Optional[Callable[[Any], Any]] = None,
+        export_name: str = "params", frozen: Any = None,
+        start_time: Optional[float] = None) -> RunResult:
+  """Resumes (or starts) training and runs until done or out of time.
+
+  Args:
+    workdir: run folder; holds checkpoints/, metrics.jsonl, curves.*,
+      export/.
+    init_fn: () -> fresh state. Jitted and called only when there is no
+      checkpoint; otherwise its `jax.eval_shape` is the restore target.
+    train_step: `(state, batch, rng, frozen) -> (state, metrics)`, not yet
+      jitted (jitted here, donating the state); metrics are scalars. The
+      same `rng` is passed every step: fold `state.step` in for per-step
+      randomness.
+    batch_fn: step -> batch (numpy pytree), deterministic in the step.
+    rng: the base PRNG key.
+    config: loop settings.
+    eval_fn: state -> {name: float}, logged as `eval/<name>`.
+    learning_rate_fn: step -> lr, logged as `lr`.
+    export_fn: state -> nested dict of arrays to export (None: no export).
+    export_name: file prefix of the export.
+    frozen: arrays every step reads but never changes (e.g. the tokenizer
+      params of the transformer stage), passed as a jit argument rather than
+      closed over, which would bake them into the program as constants.
+    start_time: `time.monotonic()` the budget counts from (default: now);
+      pass the process start so that imports and data loading count too.
+
+  Returns:
+    A RunResult.
+  """
+  t_call = time.monotonic()
+  start_time = t_call if start_time is None else start_time
+  deadline = (start_time + config.time_budget_s if config.time_budget_s > 0
+              else math.inf)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  metrics_path = workdir / METRICS_FILE
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, create=True)
+  manager = ocp.CheckpointManager(workdir / CHECKPOINT_DIR, options=options)
+
+  # ---- resume ---------------------------------------------------------------
+  latest = manager.latest_step()
+  if latest is not None:
+    abstract = jax.eval_shape(init_fn)
+    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    logging.info("Resumed from %s at step %d.", workdir / CHECKPOINT_DIR,
+                 latest)
+  else:
+    state = jax.jit(init_fn)()  # one compile instead of op-by-op dispatch
+  start_step = int(jax.device_get(state.step))
+  _truncate_metrics(metrics_path, start_step)
+  end = config.num_steps
+  logging.info("Training steps %d -> %d; budget %s, %.0f s used so far (%.0f "
+               "s of it to %s the state).", start_step, end,
+               _format_s(config.time_budget_s) if config.time_budget_s
+               else "none", time.monotonic() - start_time,
+               time.monotonic() - t_call,
+               "restore" if latest is not None else "initialise")
+
+  step_fn = jax.jit(train_step, donate_argnums=(0,))
+  prefetcher = _Prefetcher(batch_fn, start_step, end, config.prefetch)
+  step = start_step
+  stopped_by = "done"
+  window: List[Metrics] = []
+  t_window, window_start = time.monotonic(), step
+  sec_per_step = math.nan  # measured after the first (compiling) step
+  steps_per_sec = 0.0
+  compile_s = 0.0
+  eval_metrics: Dict[str, float] = {}
+  last_saved = latest
+  last_eval = -1
+
+  def do_eval():
+    nonlocal eval_metrics, last_eval
+    t0 = time.monotonic()
+    eval_metrics = {k: float(v) for k, v in eval_fn(state).items()}
+    last_eval = step
+    _append_metrics(metrics_path, dict(
+        step=step, **{f"eval/{k}": v for k, v in eval_metrics.items()}))
+    logging.info("step %d eval (%.1f s): %s", step, time.monotonic() - t0,
+                 ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+
+  def save():
+    nonlocal last_saved
+    if last_saved != step:
+      manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      last_saved = step
+
+  try:
+    while step < end:
+      # ---- budget: stop while the final save and export still fit --------
+      if math.isfinite(deadline):
+        ahead = step - window_start + 1  # steps dispatched but not synced
+        need = config.reserve_s + (0 if math.isnan(sec_per_step)
+                                   else ahead * sec_per_step)
+        if time.monotonic() + need > deadline:
+          stopped_by = "time_budget"
+          logging.warning("Time budget: stopping at step %d of %d (%.0f s "
+                          "left, %.0f s reserved).", step, end,
+                          deadline - time.monotonic(), need)
+          break
+
+      batch = prefetcher.get(step)
+      state, metrics = step_fn(state, batch, rng, frozen)
+      step += 1
+      window.append(metrics)
+
+      if step == start_step + 1:
+        # Compilation: time it and keep it out of steps/s (its metrics stay
+        # in the window).
+        jax.block_until_ready(state)
+        compile_s = time.monotonic() - t_window
+        logging.info("First step (compile included): %.1f s.", compile_s)
+        t_window, window_start = time.monotonic(), step
+
+      if step % config.log_every_steps == 0 or step == end:
+        row = _mean_metrics(window)  # syncs with the device
+        now = time.monotonic()
+        timed = step - window_start
+        if timed > 0:
+          sec_per_step = (now - t_window) / timed
+          steps_per_sec = 1.0 / sec_per_step
+        out = dict(step=step, **{f"train/{k}": v for k, v in row.items()},
+                   steps_per_sec=steps_per_sec if timed > 0 else None)
+        if learning_rate_fn is not None:
+          out["lr"] = float(learning_rate_fn(step))
+        _append_metrics(metrics_path, out)
+        eta = (end - step) * sec_per_step
+        budget_left = deadline - now - config.reserve_s
+        logging.info(
+            "step %d/%d  %s  | %.2f steps/s | ETA %s%s", step, end,
+            "  ".join(f"{k}={v:.4g}" for k, v in row.items()), steps_per_sec,
+            _format_s(eta),
+            f" (this run stops near step "
+            f"{min(end, step + int(budget_left * steps_per_sec))}; about "
+            f"{math.ceil(eta / max(budget_left, 1.0))} more runs)"
+            if math.isfinite(deadline) and eta > budget_left else "")
+        window, t_window, window_start = [], now, step
+
+      t_pause = time.monotonic()
+      if eval_fn is not None and config.eval_every_steps and (
+          step % config.eval_every_steps == 0):
+        do_eval()
+      if step % config.checkpoint_every_steps == 0:
+        save()
+        curves_lib.write_curves(workdir)
+      # Eval and saving are not training time: keep them out of steps/s.
+      t_window += time.monotonic() - t_pause
+  finally:
+    prefetcher.close()
+
+  # ---- end of run: eval, save, curves, export ----------------------------
+  if window:
+    row = _mean_metrics(window)
+    if step % config.log_every_steps:  # not logged yet
+      _append_metrics(metrics_path, dict(
+          step=step, **{f"train/{k}": v for k, v in row.items()}))
+  if eval_fn is not None and last_eval != step and step > start_step:
+    do_eval()
+  save()
+  manager.wait_until_finished()
+  manager.close()
+  curves_lib.write_curves(workdir)
+  export_files = ()
+  if export_fn is not None:
+    export_files = tuple(str(p) for p in export_params(
+        workdir / EXPORT_DIR, export_fn(state), name=export_name, step=step,
+        max_bytes=config.export_max_bytes))
+  wall = time.monotonic() - t_call
+  logging.info("Run finished at step %d (%s) in %s; total since start %s.",
+               step, stopped_by, _format_s(wall),
+               _format_s(time.monotonic() - start_time))
+  return RunResult(state=state, start_step=start_step, end_step=step,
+                   stopped_by=stopped_by, steps_per_sec=steps_per_sec,
+                   compile_s=compile_s, wall_s=wall,
+                   eval_metrics=eval_metrics, export_files=export_files)
