@@ -4,11 +4,12 @@ r"""Trains the emoji tokenizer or transformer (SPEC §8), resumably.
     --config=configs/emoji_train.py:stage=tokenizer
 
 Rerun the same command to continue from the latest checkpoint; each command
-stops before `--config.time_budget_s` (counted from process start) with a
+stops before `--config.loop.time_budget_s` (from process start) with a
 checkpoint saved. --workdir gets, atomically: config.json, checkpoints/
 (orbax, the last 2), metrics.jsonl, curves.json, curves.png,
 export/<stage>_NNN.npz + <stage>.manifest.json (bf16, <= 16 MiB a file: the
-files to download), results.json (one entry per command) and, for the
+files to download), export/<stage>/ (the same params as orbax, for
+`experiments.generate`), results.json (one entry per command) and, for the
 tokenizer, reconstructions.png (held-out emoji over their reconstructions).
 """
 
@@ -25,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from toprovar_jax import checkpoints  # noqa: E402
 from toprovar_jax import io  # noqa: E402
 from toprovar_jax import training  # noqa: E402
 from toprovar_jax.data import emoji  # noqa: E402
@@ -36,9 +38,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/emoji_train.py[:stage=...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (resumed).")
 # May change between the commands of one training; nothing else may.
-_MUTABLE = ("time_budget_s", "reserve_s", "train_steps", "log_every_steps",
-            "checkpoint_every_steps", "eval_every_steps", "data.workers",
-            "data.prefetch", "data.num_eval", "model.attn_impl")
+_MUTABLE = ("loop", "train_steps", "data.workers", "data.num_eval",
+            "model.attn_impl", "sampling", "sparsity", "ckpt.transformer")
 
 
 def _to_float(batch):  # on device: uint8 -> [-1, 1], as emoji.augment does
@@ -68,13 +69,14 @@ def main(argv):
   # rounds per parameter. The step keys (text dropout, BSC) stay threefry.
   k_init = jax.random.key(config.seed, impl="rbg")
   k_train = jax.random.fold_in(jax.random.key(config.seed), 1)
-  eval_kw = dict(tok_cfg=tok_cfg, schedule=model_cfg.schedule,
+  schedule = training.vae_schedule(model_cfg)
+  eval_kw = dict(tok_cfg=tok_cfg, schedule=schedule,
                  batch_size=min(64, len(eval_rgb)))
   batch_kw = dict(batch_size=config.batch_size, image_size=size,
                   seed=config.seed, workers=config.data.workers)
   if stage == "tokenizer":
     objective = tokenizer.TokenizerObjective(
-        schedule=model_cfg.schedule, compute_dtype=config.model.dtype,
+        schedule=schedule, compute_dtype=config.model.dtype,
         **config.tokenizer)
     step = functools.partial(tokenizer.train_step, tok_cfg=tok_cfg, tx=tx,
                              objective=objective)
@@ -94,21 +96,18 @@ def main(argv):
     stage_kw = dict(
         init_fn=lambda: transformer.init_state(model_cfg, k_init, tx),
         train_step=lambda s, b, r, tok: step(s, tok, _to_float(b), r),
-        frozen=tokenizer.load_trained(config.tokenizer_ckpt, tok_cfg),
+        frozen=tokenizer.load_trained(config.ckpt.tokenizer, tok_cfg),
         export_fn=lambda s: s.params,
         batch_fn=training.make_batch_fn(data.images[train], text=text,
                                         text_mask=text_mask, **batch_kw))
   result = loop.run(
       workdir=workdir, rng=k_train, learning_rate_fn=lr_fn,
       export_name=stage, start_time=_START, **stage_kw,
-      config=loop.LoopConfig(
-          num_steps=config.train_steps, time_budget_s=config.time_budget_s,
-          reserve_s=config.reserve_s, log_every_steps=config.log_every_steps,
-          checkpoint_every_steps=config.checkpoint_every_steps,
-          eval_every_steps=config.eval_every_steps,
-          keep_checkpoints=config.keep_checkpoints,
-          prefetch=config.data.prefetch,
-          export_max_bytes=config.export_max_mib * loop.MiB))
+      config=loop.LoopConfig(num_steps=config.train_steps, **config.loop))
+  # An orbax copy beside the npz shards: what `experiments.generate` reads.
+  checkpoints.save_params(workdir / loop.EXPORT_DIR / stage, jax.tree.map(
+      lambda x: x.astype("bfloat16"), stage_kw["export_fn"](result.state)),
+                          overwrite=True)
   if stage == "tokenizer":
     shown = eval_rgb[:8]  # originals over reconstructions
     rec = tokenizer.reconstruct_images(result.state.params, shown, **eval_kw)

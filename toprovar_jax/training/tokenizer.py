@@ -80,8 +80,9 @@ class TokenizerObjective:
 
   Attributes:
     schedule: (h, w) VAE-grid sizes of the quantiser, coarse to fine, ending
-      at the full latent grid; use the transformer's schedule (None: the
-      emoji sides below the grid, then the grid, see `default_schedule`).
+      at the full latent grid: the generation schedule
+      (`training.vae_schedule(model)`); None: the emoji sides below the
+      grid, then the grid (`default_schedule`).
     l1_weight: weight of mean |x_rec - x|.
     l2_weight: weight of mean (x_rec - x)^2.
     commit_weight: weight of the commitment term (0 = off).
