@@ -35,6 +35,8 @@ _GOLDEN_PARAM_COUNTS = {
     'infinity_tiny': 2_154_995,
     'infinity_2b': 110_118_051,
     'infinity_8b': 81_624_209,
+    # Our own emoji tokenizer (SPEC §8): pinned so the shipped size is stable.
+    'emoji': 5_142_835,
 }
 
 _LATENT_TOL = 1e-4

@@ -33,7 +33,8 @@ _TX, _LR_FN = loop.make_optimizer(learning_rate=0.1, total_steps=100,
 
 
 def _init():
-  params = {"w": jnp.zeros((_DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  params = {"w": jnp.zeros((_DIM,), jnp.float32),
+            "b": jnp.zeros((), jnp.float32)}
   return transformer_training.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=_TX.init(params))
 
@@ -78,7 +79,7 @@ def _tempdir(test):
   return pathlib.Path(path)
 
 
-def _assert_trees_equal(test, a, b):
+def _assert_trees_equal(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -96,7 +97,7 @@ class LoopTest(absltest.TestCase):
     self.assertEqual((first.start_step, first.end_step), (0, 3))
     self.assertEqual((second.start_step, second.end_step), (3, 6))
     self.assertEqual(second.stopped_by, "done")
-    _assert_trees_equal(self, second.state, straight.state)
+    _assert_trees_equal(second.state, straight.state)
     # max_to_keep=2: steps 4 and 6 remain.
     kept = sorted(int(p.name) for p in (self.root / "resumed" /
                                         loop.CHECKPOINT_DIR).iterdir()
@@ -105,7 +106,7 @@ class LoopTest(absltest.TestCase):
     # Rerunning a finished training changes nothing and trains no step.
     again = _run(self.root / "resumed", 6)
     self.assertEqual((again.start_step, again.end_step), (6, 6))
-    _assert_trees_equal(self, again.state, straight.state)
+    _assert_trees_equal(again.state, straight.state)
 
   def test_metrics_curves_and_export(self):
     result = _run(self.root, 6)

@@ -4,12 +4,13 @@ On the GPU machine a command may run for at most 10 minutes, and the disk
 persists between the commands of one lease. So one `run` call is one command:
 
   1. resume from the latest orbax checkpoint in `workdir/checkpoints`
-     (or start from the given fresh state);
+     (or initialise a fresh state);
   2. train until `num_steps`, or until the wall-clock budget is nearly spent
      (`time_budget_s` minus `reserve_s` for the final save and export);
   3. save a checkpoint (every `checkpoint_every_steps`, and at the end),
      keeping the last `keep_checkpoints`;
-  4. append metrics to `workdir/metrics.jsonl`, log steps/s and the ETA, and
+  4. append metrics to `workdir/metrics.jsonl`, log steps/s, the share of
+     time spent waiting for host batches (`data_wait`) and the ETA, and
      write `curves.json` / `curves.png` (`training.curves`);
   5. export the params as bf16 `.npz` shards of at most 16 MiB each plus a
      `manifest.json` (`export_params`), the files that leave the machine.
