@@ -31,7 +31,6 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents as latents_lib
-from toprovar_jax.ops import resample
 from toprovar_jax.sampling import plan as plan_lib
 from toprovar_jax.sampling import selection
 from toprovar_jax.sampling import strategies
@@ -312,7 +311,7 @@ class Sampler:
               src = branch_store[sp.cache_from]
               src_hw = cfg.schedule[sp.cache_from]
               cached = tuple(
-                  jnp.stack([_resize_tokens(src[l][j], src_hw, hw)
+                  jnp.stack([selection.resize_token_map(src[l][j], src_hw, hw)
                              for l in range(run.start, run.stop)])
                   for j in range(len(src[run.start])))
             select_fn = None
@@ -375,14 +374,6 @@ class Sampler:
     lg = jnp.concatenate(all_logits, axis=1) if all_logits else None
     return Generation(tokens=toks, latent=latent, logits=lg,
                       entropy=tuple(entropies) if entropies else None)
-
-
-def _resize_tokens(t: Array, src_hw, dst_hw) -> Array:
-  """(R, h'w', C) branch map -> (R, hw, C) by area resize (FastVAR)."""
-  r, _, c = t.shape
-  m = resample.area_resize(t.reshape(r, src_hw[0], src_hw[1], c).astype(
-      jnp.float32), tuple(dst_hw))
-  return m.reshape(r, -1, c)
 
 
 def _assemble_entropy(parts, depth: int, b: int, n: int) -> Array:

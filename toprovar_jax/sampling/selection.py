@@ -40,11 +40,16 @@ def entropy_keep_scores(entropy: Array) -> Array:
   return -entropy.astype(jnp.float32)
 
 
+def resize_token_map(t: Array, src_hw, dst_hw) -> Array:
+  """Flattened token map (R, h'w', C) -> (R, hw, C) fp32, area resize."""
+  r, _, c = t.shape
+  m = t.reshape(r, src_hw[0], src_hw[1], c).astype(jnp.float32)
+  return resample.area_resize(m, tuple(dst_hw)).reshape(r, -1, c)
+
+
 def resize_entropy(entropy: Array, src_hw, dst_hw) -> Array:
   """Previous scale's entropy map (B, h'w') -> this grid (B, hw), area resize."""
-  b = entropy.shape[0]
-  m = entropy.reshape(b, src_hw[0], src_hw[1], 1).astype(jnp.float32)
-  return resample.area_resize(m, tuple(dst_hw)).reshape(b, -1)
+  return resize_token_map(entropy[..., None], src_hw, dst_hw)[..., 0]
 
 
 def select(scores: Array, k: int, *, share_cfg: bool, batch: int) -> Array:
