@@ -70,6 +70,13 @@ def get_config(arg=None):
         # 12 of the GPU machine's 16 cores. Results do not depend on it.
         workers=2 if tiny else 12)
 
+    # data.emoji.AugmentConfig. The tokenizer sees mostly random background
+    # colours (it must reconstruct any colour); the transformer sees white,
+    # the evaluation background: a caption says nothing about a background,
+    # so random colours would only add an unconditioned mode to the samples.
+    config.augment = dict(shift_frac=0.06, scale_min=0.85, scale_max=1.0,
+                          white_prob=0.2 if tok_stage else 1.0)
+
     # Images per step, and optimiser steps over all commands.
     config.batch_size = 8 if tiny else (64 if tok_stage else 128)
     config.train_steps = 6 if tiny else (6000 if tok_stage else 10000)

@@ -1,14 +1,20 @@
-r"""Generates images with one model and one sparsity plan (SPEC §9).
+r"""Generates images with one model and one or more sparsity plans (SPEC §9).
 
   python -m experiments.generate \
     --config=configs/tiny.py:model=infinity_tiny \
     --config.sampling.seed=3 --workdir=/tmp/tiny_infinity
+  python -m experiments.generate --config=configs/emoji.py \
+    --workdir=workdirs/main --overwrite
 
 Writes to --workdir, atomically: config.json (the resolved config),
-sample_NNNN.png per image, grid.png, and results.json (model, plan, where the
-parameters came from, seeds, labels / prompts, files, wall times). A workdir
-that already holds files is refused unless --overwrite; nothing is deleted
-either way (with --overwrite this run's files replace their namesakes).
+results.json (model, plans, where the parameters came from, seeds, labels /
+prompts, files, FLOPs, wall times) and PNGs. With one plan:
+sample_NNNN.png per image and grid.png. With several (`config.sparsity.plan`
+plus `config.sparsity.compare`, same seeds and conditions):
+sample_<plan>_NNNN.png and grid_<plan>.png per plan, and grid.png with one
+labelled row per plan. A workdir that already holds files is refused unless
+--overwrite; nothing is deleted either way (with --overwrite this run's
+files replace their namesakes).
 """
 
 import time
@@ -39,12 +45,13 @@ def main(argv):
   logging.info("Config:\n%s", config)
 
   # Cheap validation first: a bad config fails before the workdir is touched.
-  sampler = pipeline.sampler_from_config(config)
-  conditions = pipeline.conditions_from_config(config, sampler)
+  samplers = pipeline.samplers_from_config(config)
+  conditions = pipeline.conditions_from_config(config, samplers[0])
   workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
-  logging.info("Plan %r, %d samples -> %s", sampler.resolved_plan.name,
+  logging.info("Plans %s, %d samples -> %s",
+               [s.resolved_plan.name for s in samplers],
                conditions.num_samples, workdir)
-  if conditions.text_features:
+  if conditions.text_features == pipeline.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no T5 encoder yet): images do not "
                     "follow the prompts.", conditions.text_features)
 
@@ -53,46 +60,33 @@ def main(argv):
       config, jax.random.key(config.seed))
   init_s = time.perf_counter() - t0
   s = config.sampling
-  out = pipeline.generate_images(
-      sampler, params, vae_params, conditions, seed=s.seed,
-      batch_size=s.batch_size, cfg_scale=s.cfg_scale, tau=s.tau)
-  logging.info("Timings: %s", out.timings)
+  runs = pipeline.run_plans(
+      samplers, pipeline.plan_specs(config), params, vae_params, conditions,
+      seed=s.seed, batch_size=s.batch_size, cfg_scale=s.cfg_scale, tau=s.tau,
+      text_tokens=s.text_len)
 
   # Everything is computed; now write (each file atomically, results last).
-  samples = []
-  for i, image in enumerate(out.images):
-    name = f"sample_{i:04d}.png"
-    io.write_png_atomic(workdir / name, image)
-    sample = dict(file=name, seed=out.seeds[i], batch=out.batches[i],
-                  row=out.rows[i])
-    if conditions.labels is not None:
-      sample["label"] = int(conditions.labels[i])
-    else:
-      sample.update(prompt=conditions.prompts[i],
-                    text_tokens=conditions.text_lengths[i],
-                    truncated=conditions.truncated[i])
-    samples.append(sample)
-  io.save_image_grid(workdir / "grid.png", out.images)
+  compare = len(runs) > 1
+  files, grids = [], []
+  for run in runs:
+    prefix = f"sample_{run.slug}_" if compare else "sample_"
+    files.append([f"{prefix}{i:04d}.png"
+                  for i in range(len(run.output.images))])
+    for name, image in zip(files[-1], run.output.images):
+      io.write_png_atomic(workdir / name, image)
+    grids.append(f"grid_{run.slug}.png" if compare else "grid.png")
+    io.save_image_grid(workdir / grids[-1], run.output.images)
+  if compare:
+    io.write_png_atomic(workdir / "grid.png", pipeline.comparison_grid(
+        runs, conditions.prompts))
   io.write_json_atomic(workdir / "config.json", config.to_dict())
-  results = dict(
-      model=sampler.model.name, style=sampler.model.style,
-      plan=sampler.resolved_plan.name, plan_spec=config.sparsity.plan,
-      params_source=source.transformer, tokenizer_source=source.tokenizer,
-      text_features=conditions.text_features or None,
-      image_shape=list(out.images.shape[1:]),
-      num_samples=conditions.num_samples, batch_size=s.batch_size,
-      cfg_scale=s.cfg_scale, tau=s.tau, top_k=s.top_k, top_p=s.top_p,
-      seeds=sorted(set(out.seeds)),
-      labels=([int(x) for x in conditions.labels]
-              if conditions.labels is not None else None),
-      prompts=list(conditions.prompts) or None,
-      samples=samples, grid="grid.png",
-      timings=dict(init_or_load_s=init_s, **out.timings),
-      devices=[str(d) for d in jax.devices()], jax_version=jax.__version__)
-  io.write_json_atomic(workdir / "results.json", results)
-  logging.info("Wrote %d images, grid.png, config.json, results.json to %s%s",
-               len(samples), workdir,
-               " (RANDOM-INIT parameters)" if source.random_init else "")
+  io.write_json_atomic(workdir / "results.json", pipeline.results_record(
+      config=config, runs=runs, conditions=conditions, source=source,
+      init_s=init_s, files=files, grids=grids, grid="grid.png"))
+  logging.info("Wrote %d plans x %d images, grid.png, config.json, "
+               "results.json to %s%s", len(runs), conditions.num_samples,
+               workdir, " (RANDOM-INIT parameters)" if source.random_init
+               else "")
 
 
 if __name__ == "__main__":

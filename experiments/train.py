@@ -73,7 +73,8 @@ def main(argv):
   eval_kw = dict(tok_cfg=tok_cfg, schedule=schedule,
                  batch_size=min(64, len(eval_rgb)))
   batch_kw = dict(batch_size=config.batch_size, image_size=size,
-                  seed=config.seed, workers=config.data.workers)
+                  seed=config.seed, workers=config.data.workers,
+                  augment_config=emoji.AugmentConfig(**config.augment))
   if stage == "tokenizer":
     objective = tokenizer.TokenizerObjective(
         schedule=schedule, compute_dtype=config.model.dtype,

@@ -4,9 +4,10 @@ Design (SPEC §2, STYLE.md §8.2):
   * Python `for` over scales inside jit (every scale has its own static shape);
     `lax.scan` over runs of layers inside a scale.
   * Classifier-free guidance doubles the batch: rows [cond; uncond].
-  * Explicit fixed-size KV cache per layer, written at static offsets. Keys of
-    the last generated scale are never read again, so the cache holds only the
-    scales before it.
+  * Explicit fixed-size KV cache per segment of layers (L_seg, rows, cap, H,
+    D), carried through the layer scans and written in place at static token
+    offsets. Keys of the last generated scale are never read again, so the
+    cache holds only the scales before it.
   * Seeds, labels / text features, guidance scale and τ are traced arrays;
     the model config, tokenizer config, sampling rules and the sparsity plan
     are static (`Sampler` is a frozen, hashable dataclass passed as `self`).
@@ -232,15 +233,8 @@ class Sampler:
         if run.letter == "X":
           continue
         seg = seg_of[run.start]
-        s0, s1 = segments[seg]
-        lo, hi = run.start - s0, run.stop - s0
-        take = lambda t, lo=lo, hi=hi, n_all=s1 - s0: (
-            t if (lo, hi) == (0, n_all) else t[lo:hi])
-        p_run = jax.tree.map(lambda t: t[run.start:run.stop], params["blocks"])
+        s0 = segments[seg][0]
         kc, vc = caches[seg]
-        kc_r, vc_r = take(kc), take(vc)
-        tkv_r = None if tkv is None else jax.tree.map(
-            lambda t: t[run.start:run.stop], tkv)
         wo = write_off[si][run.start]
         write = si < num_gen - 1
         unroll = (run.stop - run.start if self.sampling.layer_unroll == 0
@@ -250,33 +244,55 @@ class Sampler:
         want_entropy = is_probe or self.sampling.record_entropy
         ctx = ({} if cfg.style == "var" else
                dict(text_mask=cond.text_mask))
+        # The scan runs over absolute layer indices: each iteration slices its
+        # block's weights (and text K/V) from the full stacks, and reads and
+        # writes its rows of the segment cache, which travels in the carry so
+        # that XLA updates it in place. Scanning over slices of the stacks
+        # instead would copy the run's weights before the loop and the whole
+        # segment cache in and out of it at every scale.
+        lids = jnp.arange(run.start, run.stop, dtype=jnp.int32)
 
-        def write_kv(kc, vc, k, v, wo=wo, write=write):
+        def layer(l, s0=s0):
+          p = jax.tree.map(
+              lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
+              params["blocks"])
+          t = None if tkv is None else jax.tree.map(
+              lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
+              tkv)
+          return p, t, l - s0
+
+        def write_kv(kc, vc, j, k, v, wo=wo, write=write):
           if not write:
             return kc, vc
-          kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, wo, 0, 0))
-          vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, wo, 0, 0))
+          at = (j, 0, wo, 0, 0)
+          kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), at)
+          vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), at)
           return kc, vc
 
-        def prefix_of(kc, vc, wo=wo):
-          return (kc[:, :wo], vc[:, :wo]) if wo > 0 else None
+        def prefix_of(kc, vc, j, wo=wo):
+          if wo == 0:
+            return None
+          size = (1,) + kc.shape[1:2] + (wo,) + kc.shape[3:]
+          start = (j, 0, 0, 0, 0)
+          return (jax.lax.dynamic_slice(kc, start, size)[0],
+                  jax.lax.dynamic_slice(vc, start, size)[0])
 
         if run.letter == "F":
-          def body(x, xs, rope=rope, want_entropy=want_entropy, ctx=ctx,
-                   write_kv=write_kv, prefix_of=prefix_of,
+          def body(carry, l, rope=rope, want_entropy=want_entropy, ctx=ctx,
+                   write_kv=write_kv, prefix_of=prefix_of, layer=layer,
                    record=record_branches):
-            p, kc, vc, tkv_l = xs
+            x, kc, vc = carry
+            p, tkv_l, j = layer(l)
             out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
-                              kv_prefix=prefix_of(kc, vc), text_kv=tkv_l,
+                              kv_prefix=prefix_of(kc, vc, j), text_kv=tkv_l,
                               impl=impl, return_entropy=want_entropy,
                               sa_impl=(self.sampling.entropy_impl
                                        if want_entropy else None),
                               return_branches=record, **ctx)
             x, (k, v) = out[0], out[1]
-            extra = out[2:]
-            return x, (write_kv(kc, vc, k, v), extra)
-          x, ((kc_r, vc_r), extra) = jax.lax.scan(
-              body, x, (p_run, kc_r, vc_r, tkv_r), unroll=unroll)
+            return (x, *write_kv(kc, vc, j, k, v)), out[2:]
+          (x, kc, vc), extra = jax.lax.scan(body, (x, kc, vc), lids,
+                                            unroll=unroll)
           extra = list(extra)
           if want_entropy:
             ent = extra.pop(0)  # (layers, rows, n)
@@ -295,15 +311,17 @@ class Sampler:
             xk = layers.gather_tokens(x, idx)
             rope_k = layers.gather_rope(rope, idx)
 
-            def body(xk, xs, rope_k=rope_k, ctx=ctx, write_kv=write_kv,
-                     prefix_of=prefix_of):
-              p, kc, vc, tkv_l = xs
+            def body(carry, l, rope_k=rope_k, ctx=ctx, write_kv=write_kv,
+                     prefix_of=prefix_of, layer=layer):
+              xk, kc, vc = carry
+              p, tkv_l, j = layer(l)
               xk, (k, v) = block.apply({"params": p}, xk, cond.ada_in,
-                                       rope=rope_k, kv_prefix=prefix_of(kc, vc),
+                                       rope=rope_k,
+                                       kv_prefix=prefix_of(kc, vc, j),
                                        text_kv=tkv_l, impl=impl, **ctx)
-              return xk, write_kv(kc, vc, k, v)
-            xk, (kc_r, vc_r) = jax.lax.scan(body, xk, (p_run, kc_r, vc_r, tkv_r),
-                                            unroll=unroll)
+              return (xk, *write_kv(kc, vc, j, k, v)), None
+            (xk, kc, vc), _ = jax.lax.scan(body, (xk, kc, vc), lids,
+                                           unroll=unroll)
             x = layers.scatter_tokens(x, idx, xk, add=False)
           else:
             cached = None
@@ -320,20 +338,21 @@ class Sampler:
                   selection.frequency_scores(x), sp.keep,
                   share_cfg=sp.share_cfg, batch=b)
 
-            def body(x, xs, idx=idx, select_fn=select_fn, rope=rope, ctx=ctx,
-                     write_kv=write_kv, prefix_of=prefix_of):
-              p, kc, vc, tkv_l, cached_l = xs
+            def body(carry, xs, idx=idx, select_fn=select_fn, rope=rope,
+                     ctx=ctx, write_kv=write_kv, prefix_of=prefix_of,
+                     layer=layer):
+              x, kc, vc = carry
+              l, cached_l = xs
+              p, tkv_l, j = layer(l)
               x, (k, v) = block.apply(
                   {"params": p}, x, cond.ada_in, idx=idx, select_fn=select_fn,
-                  rope=rope, kv_prefix=prefix_of(kc, vc), text_kv=tkv_l,
-                  cached=cached_l, impl=impl, method=layers.Block.sparse, **ctx)
-              return x, write_kv(kc, vc, k, v)
-            x, (kc_r, vc_r) = jax.lax.scan(
-                body, x, (p_run, kc_r, vc_r, tkv_r, cached), unroll=unroll)
-        if (lo, hi) == (0, s1 - s0):
-          caches[seg] = (kc_r, vc_r)
-        else:
-          caches[seg] = (kc.at[lo:hi].set(kc_r), vc.at[lo:hi].set(vc_r))
+                  rope=rope, kv_prefix=prefix_of(kc, vc, j), text_kv=tkv_l,
+                  cached=cached_l, impl=impl, method=layers.Block.sparse,
+                  **ctx)
+              return (x, *write_kv(kc, vc, j, k, v)), None
+            (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (lids, cached),
+                                          unroll=unroll)
+        caches[seg] = (kc, vc)
 
       if probe_entropy is not None:
         prev_entropy, prev_hw = probe_entropy, hw

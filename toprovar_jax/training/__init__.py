@@ -115,7 +115,8 @@ def caption_features(path: str, captions) -> Tuple[np.ndarray, np.ndarray]:
 def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
                   seed: int, workers: int = 1,
                   text: Optional[np.ndarray] = None,
-                  text_mask: Optional[np.ndarray] = None
+                  text_mask: Optional[np.ndarray] = None,
+                  augment_config: emoji.AugmentConfig = emoji.AugmentConfig()
                   ) -> Callable[[int], Dict[str, np.ndarray]]:
   """step -> batch of augmented emoji (and their caption features).
 
@@ -130,6 +131,7 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
       140 ms, pickling). The result does not depend on it.
     text, text_mask: (N, T, Ct) and (N, T) caption features, row-aligned
       with `rgba` (transformer stage), or None.
+    augment_config: the augmentation ranges (`emoji.AugmentConfig`).
 
   Returns:
     fn(step) -> {"images": (B, S, S, 3) uint8} plus "text" / "text_mask";
@@ -155,7 +157,7 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
                           for e in np.unique(pos // n)])
     aug = emoji.sample_augment_params(
         np.random.default_rng((seed, 0, step)), batch_size=batch_size,
-        image_size=image_size)
+        image_size=image_size, config=augment_config)
     cuts = np.linspace(0, batch_size, workers + 1).astype(int)
     parts = [pool.submit(augment, idx, aug, i, j)
              for i, j in zip(cuts[:-1], cuts[1:]) if j > i]

@@ -1,0 +1,69 @@
+r"""The embedded emoji model (SPEC §8) as the project's main job.
+
+Six common emoji captions, one image each, generated with the weights that
+ship inside the package (`toprovar_jax/assets/emoji/`, read as
+`ckpt.* = "embedded:emoji"`) twice, with the same seeds: once dense and once
+with the hand-written ToProVAR plan `configs/plans/emoji_paper.json` (see
+configs/plans/README.md). Text features are real all-MiniLM-L6-v2 token
+features. Runs on a CPU with no network in about a minute.
+
+Arguments after the colon (typed, `configs/common.py:parse_arg`):
+  plan=dense          the reference plan: first grid row, PSNR baseline.
+  compare=emoji_paper plans to run beside it, '+'-separated ('' = none);
+                      each a plan spec ('dense', a named plan under
+                      configs/plans/, a JSON path; 'fastvar' is defined
+                      only for Infinity's 13-scale schedule).
+  samples=1           images per caption.
+  batch_size=0        images per generate call; 0 = all in one batch.
+  ckpt_dir=''         '' = the embedded weights; else a folder holding
+                      `transformer/` and `tokenizer/` (training npz exports
+                      or orbax checkpoints).
+  bf16                bare word: bfloat16 transformer compute (GPU).
+
+Launch (the README's main command, then a variant):
+  python -m experiments.generate --config=configs/emoji.py \
+    --workdir=workdirs/main --overwrite
+  python -m experiments.generate \
+    --config=configs/emoji.py:samples=2,compare=emoji_paper+/tmp/mine.json \
+    --config.sampling.seed=3 --workdir=/tmp/emoji_compare
+"""
+
+from configs import common
+
+# Captions of the emoji dataset (`emoji` 2.16.0 names, as in
+# .carry/emoji_captions.txt), chosen to be familiar and varied in colour.
+PROMPTS = ("grinning face", "red apple", "dog face", "cat face", "rainbow",
+           "pizza")
+# The emoji variant's text_maxlen (its cfg_uncond rows) and the --max_len
+# its training captions were encoded with (experiments/encode_captions.py).
+TEXT_LEN = 32
+EMBEDDED = "embedded:emoji"
+
+
+def get_config(arg=None):
+  """Returns the locked config of the main job (see module docstring)."""
+  arg = common.parse_arg(arg, plan="dense", compare="emoji_paper", samples=1,
+                         batch_size=0, ckpt_dir="", bf16=False)
+  if arg.samples < 1:
+    raise ValueError(f"config arg 'samples': must be >= 1, got {arg.samples}")
+  num_samples = len(PROMPTS) * arg.samples
+  config = common.get_base_config(
+      variant="emoji", batch_size=arg.batch_size or num_samples,
+      prompts=PROMPTS, text_len=TEXT_LEN, plan=arg.plan,
+      ckpt_dir=arg.ckpt_dir, dtype=common.dtype_name(arg.bf16),
+      # Infinity-2B's defaults (cfg 3, τ 0.5, top-p 0.97): the emoji model
+      # is trained with the same recipe (configs/emoji_train.py).
+      **common.sampling_defaults("emoji"))
+  with config.unlocked():
+    # Images in all: every caption `samples` times (conditions cycle).
+    config.sampling.num_samples = num_samples
+    # Plans run beside sparsity.plan with the same seeds and captions,
+    # comma-separated (pipeline.plan_specs); '' = sparsity.plan only.
+    config.sparsity.compare = ",".join(
+        p for p in arg.compare.split("+") if p)
+    if not arg.ckpt_dir:
+      # The weights packaged under toprovar_jax/assets/emoji (npz shards).
+      config.ckpt.transformer = EMBEDDED
+      config.ckpt.tokenizer = EMBEDDED
+  config.lock()
+  return config

