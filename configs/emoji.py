@@ -3,13 +3,13 @@ r"""The embedded emoji model (SPEC §8) as the project's main job.
 Six common emoji captions, one image each, generated with the weights that
 ship inside the package (`toprovar_jax/assets/emoji/`, read as
 `ckpt.* = "embedded:emoji"`) twice, with the same seeds: once dense and once
-with the hand-written ToProVAR plan `configs/plans/emoji_paper.json` (see
+with the hand-written plan `configs/plans/emoji_default.json` (see
 configs/plans/README.md). Text features are real all-MiniLM-L6-v2 token
 features. Runs on a CPU with no network in about a minute.
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   plan=dense          the reference plan: first grid row, PSNR baseline.
-  compare=emoji_paper plans to run beside it, '+'-separated ('' = none);
+  compare=emoji_default  plans to run beside it, '+'-separated ('' = none);
                       each a plan spec ('dense', a named plan under
                       configs/plans/, a JSON path; 'fastvar' is defined
                       only for Infinity's 13-scale schedule).
@@ -42,7 +42,7 @@ EMBEDDED = "embedded:emoji"
 
 def get_config(arg=None):
   """Returns the locked config of the main job (see module docstring)."""
-  arg = common.parse_arg(arg, plan="dense", compare="emoji_paper", samples=1,
+  arg = common.parse_arg(arg, plan="dense", compare="emoji_default", samples=1,
                          batch_size=0, ckpt_dir="", bf16=False)
   if arg.samples < 1:
     raise ValueError(f"config arg 'samples': must be >= 1, got {arg.samples}")

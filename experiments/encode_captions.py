@@ -77,7 +77,10 @@ def main(argv):
   tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
   try:
     with open(tmp, "wb") as f:
-      np.savez(f, captions=np.asarray(captions),
+      # Compressed: the zero padding after each caption's tokens is most of
+      # the array (1,898 emoji captions, T=32: 50 MB raw, 14 MB compressed),
+      # and the file has to travel to the GPU machine.
+      np.savez_compressed(f, captions=np.asarray(captions),
                max_len=np.int32(out["mask"].shape[1]),
                model_sha256=np.asarray(
                    list(minilm_loader.EXPECTED_SHA256.values())), **out)
