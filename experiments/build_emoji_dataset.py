@@ -5,7 +5,9 @@ r"""Builds the emoji training set of the embedded model (SPEC §8).
     --image_size=128
 
 Writes to --workdir, each file atomically: emoji_<S>.npz (`load_dataset`),
-preview.png (100 emoji on white), preview_augmented.png (the same emoji
+captions.txt (one caption per line, dataset order: the input of
+`experiments/encode_captions.py`), preview.png (100 emoji on white),
+preview_augmented.png (the same emoji
 through `augment`, seed 0) and summary.json (counts, held-out captions,
 rejected emoji with reasons, file sizes, build time). A workdir that already
 holds files is refused unless --overwrite.
@@ -47,6 +49,8 @@ def main(argv):
   build_s = time.perf_counter() - t0
   npz = emoji_data.save_dataset(
       workdir / f"emoji_{_IMAGE_SIZE.value}.npz", dataset)
+  io.write_text_atomic(workdir / "captions.txt",
+                       "".join(c + "\n" for c in dataset.captions))
   # Evenly spaced over the code-point order, so every category shows.
   shown = np.linspace(0, len(dataset.captions) - 1, 100).astype(int)
   io.save_image_grid(workdir / "preview.png",

@@ -81,10 +81,15 @@ def _write_atomic(path: PathLike, write: Callable[[Any], None]) -> pathlib.Path:
   return target
 
 
+def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
+  """Writes UTF-8 text atomically."""
+  return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json_atomic(path: PathLike, obj: Any) -> pathlib.Path:
   """Writes `obj` as indented, strict JSON (NaN/Inf rejected) atomically."""
-  text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-  return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+  return write_text_atomic(
+      path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

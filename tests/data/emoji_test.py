@@ -259,8 +259,11 @@ class DatasetTest(_EmojiTestCase):
 
   def test_script_outputs(self):
     self.assertEqual(sorted(os.listdir(self.workdir)),
-                     [f"emoji_{_SIZE}.npz", "preview.png",
+                     ["captions.txt", f"emoji_{_SIZE}.npz", "preview.png",
                       "preview_augmented.png", "summary.json"])
+    with open(os.path.join(self.workdir, "captions.txt"),
+              encoding="utf-8") as f:
+      self.assertEqual(f.read().splitlines(), self.dataset.captions.tolist())
     with open(os.path.join(self.workdir, "summary.json")) as f:
       summary = json.load(f)
     self.assertEqual(summary["num_emoji"], len(self.dataset.captions))

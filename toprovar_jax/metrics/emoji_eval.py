@@ -199,13 +199,8 @@ def load_models(*, tokenizer_dir: str, transformer_dir: str,
 def sentence_embeddings(path: str, captions: Sequence[str]) -> np.ndarray:
   """(C, E) float32 `sentence_embedding` rows of an encode_captions npz."""
   with np.load(path, allow_pickle=False) as f:
-    row = {c: i for i, c in enumerate(f["captions"].tolist())}
-    missing = [c for c in captions if c not in row]
-    if missing:
-      raise ValueError(f"{path}: no sentence embedding for {len(missing)} "
-                       f"captions, e.g. {missing[:3]}")
-    return f["sentence_embedding"][[row[c] for c in captions]].astype(
-        np.float32)
+    rows = training.caption_rows(f, captions, path)
+    return f["sentence_embedding"][rows].astype(np.float32)
 
 
 def choose_train_captions(captions: Sequence[str], train: np.ndarray,

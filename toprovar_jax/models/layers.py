@@ -2,7 +2,7 @@
 
 Pure linen modules, no I/O. Dimension letters: B batch, N tokens (queries of
 the current call), P cached prefix tokens, C width, H heads, D head dim,
-T text tokens.
+T text tokens, L_seg layers sharing one stacked KV cache, M cache capacity.
 
 Numerics follow the official code (ARCHITECTURES A.3, B.3): LayerNorm without
 affine (eps 1e-6) in fp32, AdaLN chunks ordered (γ1, γ2, s1, s2, b1, b2),
@@ -14,7 +14,7 @@ exp(min(s, ln 100)) folded into q, softmax scale 1), fused qkv with bias
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -125,8 +125,42 @@ def rope_tables(positions: np.ndarray, head_dim: int,
   return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
+class KVBuffer(NamedTuple):
+  """A segment's stacked KV cache as one layer call sees it.
+
+  The alternative to `kv_prefix` (the sampler's kv_read="buffer"): the layer
+  writes the keys/values of its N new tokens into its own cache row at the
+  static token offset first, then attends over the whole row with
+  kv_len = offset + N, so no prefix is sliced out and concatenated.
+
+  Attributes:
+    k, v: (L_seg, B, M, H, D) caches of the segment.
+    layer: () int32 row of this layer in the segment (traced).
+    offset: static token offset at which the new keys go; the first `offset`
+      entries of the row are the earlier scales' keys.
+  """
+  k: Array
+  v: Array
+  layer: Array
+  offset: int
+
+  def write(self, k_new: Array, v_new: Array) -> "KVBuffer":
+    """Writes (B, N, H, D) keys/values at (layer, :, offset) in place."""
+    at = (self.layer, 0, self.offset, 0, 0)
+    return self._replace(
+        k=jax.lax.dynamic_update_slice(self.k, k_new[None].astype(self.k.dtype),
+                                       at),
+        v=jax.lax.dynamic_update_slice(self.v, v_new[None].astype(self.v.dtype),
+                                       at))
+
+  def row(self) -> KV:
+    """This layer's (B, M, H, D) keys and values."""
+    return (jax.lax.dynamic_index_in_dim(self.k, self.layer, keepdims=False),
+            jax.lax.dynamic_index_in_dim(self.v, self.layer, keepdims=False))
+
+
 class SelfAttention(nn.Module):
-  """Cosine self-attention with fused qkv and an explicit KV prefix."""
+  """Cosine self-attention with fused qkv and an explicit KV cache."""
   cfg: config_lib.TransformerConfig
   dtype: Any = jnp.float32
 
@@ -164,6 +198,7 @@ class SelfAttention(nn.Module):
     return q.astype(self.dtype), k.astype(self.dtype), v
 
   def __call__(self, x: Array, *, rope=None, kv_prefix: Optional[KV] = None,
+               kv_buffer: Optional[KVBuffer] = None,
                mask: Optional[Array] = None, impl: str = "xla",
                return_entropy: bool = False):
     """Self-attention of N new tokens over [cached prefix, themselves].
@@ -173,27 +208,42 @@ class SelfAttention(nn.Module):
       rope: optional (cos, sin) for these N tokens.
       kv_prefix: optional (k, v) each (B, P, H, D): keys/values of earlier
         scales (the KV cache, already RoPE-rotated).
-      mask: optional bool (N, P + N) attention mask (teacher forcing).
+      kv_buffer: instead of kv_prefix, the segment cache with this layer's
+        row and write offset P: the N new keys are written at P, then the
+        tokens attend over the row's first P + N keys (no concatenation).
+      mask: optional bool (N, P + N) attention mask (teacher forcing); with
+        kv_buffer it spans all M columns of the row.
       impl: attention implementation (ops.attention).
       return_entropy: also return the head-mean attention entropy (B, N).
     Returns:
-      out (B, N, C), (k, v) of the N new tokens[, entropy].
+      out (B, N, C), kv[, entropy]: kv is (k, v) of the N new tokens, or with
+      kv_buffer the updated segment caches (k, v) each (L_seg, B, M, H, D).
     """
     q, k, v = self.qkv(x, rope)
-    if kv_prefix is not None:
+    kv_len = None
+    if kv_buffer is not None:
+      if kv_prefix is not None:
+        raise ValueError("pass kv_prefix or kv_buffer, not both")
+      kv_buffer = kv_buffer.write(k, v)
+      k_all, v_all = (t.astype(k.dtype) for t in kv_buffer.row())
+      kv_len = kv_buffer.offset + x.shape[1]
+      kv = (kv_buffer.k, kv_buffer.v)
+    elif kv_prefix is not None:
       k_all = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
       v_all = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
+      kv = (k, v)
     else:
       k_all, v_all = k, v
+      kv = (k, v)
     res = attention_ops.attention(q, k_all, v_all, scale=1.0, mask=mask,
-                                  implementation=impl,
+                                  implementation=impl, kv_len=kv_len,
                                   return_entropy=return_entropy)
     o, ent = (res if return_entropy else (res, None))
     b, n = x.shape[:2]
     out = self.proj(o.reshape(b, n, -1).astype(self.dtype))
     if return_entropy:
-      return out, (k, v), ent
-    return out, (k, v)
+      return out, kv, ent
+    return out, kv
 
 
 class CrossAttention(nn.Module):
@@ -283,7 +333,9 @@ class Block(nn.Module):
     return self.ca.text_kv(text)
 
   def __call__(self, x: Array, ada_in: Array, *, rope=None,
-               kv_prefix: Optional[KV] = None, mask: Optional[Array] = None,
+               kv_prefix: Optional[KV] = None,
+               kv_buffer: Optional[KVBuffer] = None,
+               mask: Optional[Array] = None,
                text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
                impl: str = "xla", return_entropy: bool = False,
                return_branches: bool = False, sa_impl: Optional[str] = None):
@@ -292,7 +344,8 @@ class Block(nn.Module):
     Args:
       x: (B, N, C) fp32 residual stream.
       ada_in: (B, C) or (B, 6, C), see class docstring.
-      rope, kv_prefix, mask, impl, return_entropy: see SelfAttention.
+      rope, kv_prefix, kv_buffer, mask, impl, return_entropy: see
+        SelfAttention.
       text_kv: per-block text (k, v) (Infinity), from `text_kv`.
       text_mask: (B, T) bool, True = real text token.
       sa_impl: self-attention implementation if not `impl` (e.g. the FAE
@@ -300,13 +353,14 @@ class Block(nn.Module):
       return_branches: also return the branch outputs (γ1·SA, [CA,] γ2·FFN),
         each (B, N, C), for FastVAR-style cached restoration.
     Returns:
-      x (B, N, C) fp32, (k, v) of the N tokens[, entropy (B, N)][, branches].
+      x (B, N, C) fp32, (k, v) of the N tokens (with kv_buffer: the updated
+      segment caches)[, entropy (B, N)][, branches].
     """
     eps = self.cfg.norm_eps
     g1, g2, s1, s2, b1, b2 = self.modulation(ada_in)
     h = layer_norm(x, eps) * (1.0 + s1) + b1
     res = self.sa(h.astype(self.dtype), rope=rope, kv_prefix=kv_prefix,
-                  mask=mask, impl=sa_impl or impl,
+                  kv_buffer=kv_buffer, mask=mask, impl=sa_impl or impl,
                   return_entropy=return_entropy)
     a, kv = res[0], res[1]
     branches = [a.astype(jnp.float32) * g1]
@@ -327,6 +381,7 @@ class Block(nn.Module):
 
   def sparse(self, x: Array, ada_in: Array, *, idx: Optional[Array],
              select_fn=None, rope=None, kv_prefix: Optional[KV] = None,
+             kv_buffer: Optional[KVBuffer] = None,
              text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
              cached: Optional[Tuple[Array, ...]] = None, impl: str = "xla"):
     """The block on K kept tokens of the full stream x (an "S" layer).
@@ -347,11 +402,15 @@ class Block(nn.Module):
       select_fn: (B, N, C) -> (B, K) when idx is None.
       rope: full-scale (cos, sin) (N, D/2) or None.
       kv_prefix: cache of earlier scales (B, P, H, D) x 2, or None.
+      kv_buffer: instead of kv_prefix, the segment cache (see SelfAttention):
+        the K kept tokens' keys are written at its offset P first, then they
+        attend over the row's first P + K keys.
       text_kv, text_mask: cross-attention context (Infinity).
       cached: per-branch outputs (B, N, C) resized to this scale, or None.
       impl: attention implementation.
     Returns:
-      x (B, N, C), (k, v) of the K tokens the self-attention ran on.
+      x (B, N, C), (k, v) of the K tokens the self-attention ran on (with
+      kv_buffer: the updated segment caches).
     """
     eps = self.cfg.norm_eps
     g1, g2, s1, s2, b1, b2 = self.modulation(ada_in)
@@ -366,7 +425,7 @@ class Block(nn.Module):
     i = pick(x)
     h = layer_norm(gather_tokens(x, i), eps) * (1.0 + s1) + b1
     a, kv = self.sa(h.astype(self.dtype), rope=gather_rope(rope, i),
-                    kv_prefix=kv_prefix, impl=impl)
+                    kv_prefix=kv_prefix, kv_buffer=kv_buffer, impl=impl)
     x = restore(x, i, a.astype(jnp.float32) * g1, 0)
     n = 1
     if self.cfg.style == "infinity":

@@ -89,8 +89,12 @@ def attention(
     query_chunk: 'xla' only: static query chunk; bounds the logits to
       (B, H, query_chunk, Nk). None = one chunk.
     kv_len: static number of keys in use when k/v are a fixed-size cache
-      whose first `kv_len` rows are filled. 'pallas' reads only those rows
-      without copying; the others slice. Masks still span all Nk columns.
+      whose first `kv_len` rows are filled; the rest may hold anything (even
+      NaN for 'xla' and 'pallas'; finite values for 'cudnn'). 'pallas' reads
+      only those rows; 'cudnn' passes it as `key_value_seq_lengths` (cuDNN's
+      padding mask, no copy); 'xla' takes a static slice (bit-identical to
+      passing the truncated keys, no wasted logits). Masks still span all Nk
+      columns.
     block_sizes: 'pallas' only: (block_q, block_k) powers of two ≥ 16.
 
   Returns:
@@ -125,16 +129,20 @@ def attention(
     out, entropy = result
     return out, jnp.mean(entropy, axis=1)  # (B, H, Nq) -> (B, Nq)
 
-  if kv_len is not None and kv_len < k.shape[1]:
-    # A static slice: XLA copies the prefix (cheap next to the attention).
-    k, v = k[:, :kv_len], v[:, :kv_len]
-    mask = None if mask is None else mask[..., :kv_len]
-    key_mask = None if key_mask is None else key_mask[:, :kv_len]
-
+  if kv_len is not None and kv_len == k.shape[1]:
+    kv_len = None
   if implementation == 'cudnn':
     out, entropy = _cudnn_attention(q, k, v, mask, key_mask, scale=scale,
-                                    return_entropy=return_entropy)
+                                    return_entropy=return_entropy,
+                                    kv_len=kv_len)
   else:
+    if kv_len is not None:
+      # A static slice rather than a mask: exact, indifferent to what the
+      # unused cache rows hold, and no logits for them. On the GPU the slice
+      # rides along with the transpose XLA inserts for the einsum anyway.
+      k, v = k[:, :kv_len], v[:, :kv_len]
+      mask = None if mask is None else mask[..., :kv_len]
+      key_mask = None if key_mask is None else key_mask[:, :kv_len]
     out, entropy = _xla_attention(
         q, k, v, mask, key_mask, scale=scale, return_entropy=return_entropy,
         precision=precision, query_chunk=query_chunk)
@@ -304,53 +312,83 @@ def _xla_chunk(q, mask, *, k, v, key_mask, scale, return_entropy, precision):
 # ----------------------------------------------------------------------------
 
 
-def _cudnn_fused_attention():
+def _cudnn_fused_attention(with_lengths: bool = False):
   """The private cuDNN entry that returns the logsumexp, or a clear error.
 
   `jax.nn.dot_product_attention(..., return_residual=True)` casts the
   logsumexp to the output dtype (bf16 ruins H = lse − s̄) and requires
   Dv = D, so the [V | K] trick needs the private function. A private module
   may change in any release: check it rather than trust it.
+
+  Args:
+    with_lengths: the caller passes sequence lengths (`kv_len`), so the
+      function must also take q_seqlen, kv_seqlen and mask_type.
+
+  Returns:
+    (the function, its MaskType enum or None when not `with_lengths`).
   """
   try:
     # pylint: disable-next=g-import-not-at-top,import-outside-toplevel
     from jax._src.cudnn import fused_attention_stablehlo
     fn = fused_attention_stablehlo.dot_product_attention
     params = inspect.signature(fn).parameters
+    mask_types = (fused_attention_stablehlo.MaskType if with_lengths
+                  else None)
   except (ImportError, AttributeError, TypeError, ValueError) as err:
     raise NotImplementedError(
         "implementation='cudnn' with return_entropy needs "
         'jax._src.cudnn.fused_attention_stablehlo.dot_product_attention, '
         f"which this jax ({jax.__version__}) lacks ({err}); use "
         "implementation='pallas' or 'xla'.") from err
-  missing = {'mask', 'scale', 'return_residual'} - set(params)
+  required = {'mask', 'scale', 'return_residual'}
+  if with_lengths:
+    required |= {'q_seqlen', 'kv_seqlen', 'mask_type'}
+  missing = required - set(params)
   if missing:
     raise NotImplementedError(
         'The private cuDNN attention of this jax '
         f'({jax.__version__}) has no {sorted(missing)} argument; use '
         "implementation='pallas' or 'xla'.")
-  return fn
+  return fn, mask_types
 
 
-def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy):
-  """cuDNN flash attention; entropy via values [V | K] and the logsumexp."""
+def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy,
+                     kv_len=None):
+  """cuDNN flash attention; entropy via values [V | K] and the logsumexp.
+
+  kv_len (static, < Nk, or None) becomes cuDNN's padding mask: every batch
+  row has kv_len valid keys and all Nq queries valid.
+  """
   batch, num_queries, num_heads, _ = q.shape
   valid = _combine_masks(mask, key_mask)
   if valid is not None:
     # cuDNN takes the mask as a bias of full (·, ·, Nq, Nk) extent.
     valid = jnp.broadcast_to(
         valid, (valid.shape[0], valid.shape[1], num_queries, k.shape[1]))
+  # Which queries have a valid key (for the empty-row rules below).
+  valid_used = valid
+  if kv_len is not None:
+    kv_seqlen = jnp.full((batch,), kv_len, jnp.int32)
+    if valid is not None:
+      valid_used = valid[..., :kv_len]
   if not return_entropy:
+    lengths = {} if kv_len is None else dict(key_value_seq_lengths=kv_seqlen)
     out = jax.nn.dot_product_attention(q, k, v, mask=valid, scale=scale,
-                                       implementation='cudnn')
-    return _zero_empty_rows(out, valid), None
+                                       implementation='cudnn', **lengths)
+    return _zero_empty_rows(out, valid_used), None
 
-  fn = _cudnn_fused_attention()
+  fn, mask_types = _cudnn_fused_attention(with_lengths=kv_len is not None)
+  lengths = {}
+  if kv_len is not None:
+    # As jax.nn.dot_product_attention does for key_value_seq_lengths.
+    lengths = dict(q_seqlen=jnp.full((batch,), num_queries, jnp.int32),
+                   kv_seqlen=kv_seqlen, mask_type=mask_types.PADDING)
   value_dim = v.shape[-1]
   # Σ_j p_j s_j = scale · q·(Σ_j p_j k_j): with K appended to the values the
   # same softmax weights produce k̄ = Σ_j p_j k_j next to the output.
   vk = jnp.concatenate([v, k], axis=-1)  # (B, Nk, H, Dv + D)
-  result = fn(q, k, vk, mask=valid, scale=scale, return_residual=True)
+  result = fn(q, k, vk, mask=valid, scale=scale, return_residual=True,
+              **lengths)
   if not (isinstance(result, (tuple, list)) and len(result) == 2):
     raise NotImplementedError(
         'The private cuDNN attention did not return (output, logsumexp); '
@@ -367,10 +405,10 @@ def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy):
   # lse is the natural-log logsumexp of scale·q·k (masked logits included as
   # a huge negative bias, i.e. weight 0).
   entropy = lse.astype(jnp.float32) - s_bar  # (B, H, Nq)
-  if valid is not None:
-    has_key = jnp.broadcast_to(jnp.any(valid, axis=-1), entropy.shape)
+  if valid_used is not None:
+    has_key = jnp.broadcast_to(jnp.any(valid_used, axis=-1), entropy.shape)
     entropy = jnp.where(has_key, entropy, 0.0)
-  return _zero_empty_rows(out, valid), jnp.mean(entropy, axis=1)
+  return _zero_empty_rows(out, valid_used), jnp.mean(entropy, axis=1)
 
 
 def _zero_empty_rows(out, valid):

@@ -6,8 +6,16 @@ Design (SPEC §2, STYLE.md §8.2):
   * Classifier-free guidance doubles the batch: rows [cond; uncond].
   * Explicit fixed-size KV cache per segment of layers (L_seg, rows, cap, H,
     D), carried through the layer scans and written in place at static token
-    offsets. Keys of the last generated scale are never read again, so the
-    cache holds only the scales before it.
+    offsets. Two ways to read it (`SamplingConfig.kv_read`):
+      "slice": a layer slices its row's prefix of earlier scales and
+        concatenates its new keys (one copy of the valid cache per layer per
+        scale); its new keys are written after attending. Keys of the last
+        generated scale are never read again, so the cache holds only the
+        scales before it.
+      "buffer": a layer writes its new keys first and attends over its whole
+        row with a static valid length (keys past it masked out), so nothing
+        is concatenated; the cache also holds the last generated scale.
+    Both give the same numbers.
   * Seeds, labels / text features, guidance scale and τ are traced arrays;
     the model config, tokenizer config, sampling rules and the sparsity plan
     are static (`Sampler` is a frozen, hashable dataclass passed as `self`).
@@ -38,6 +46,8 @@ from toprovar_jax.sampling import strategies
 
 Array = jax.Array
 
+_KV_READS = ("slice", "buffer")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
@@ -60,6 +70,9 @@ class SamplingConfig:
       device->host round trip for its predicate, so unrolling trades compile
       time for latency.
     dtype: compute dtype name of the transformer ("float32" / "bfloat16").
+    kv_read: how a layer reads its KV cache: "slice" (prefix slice + concat
+      with the new keys) or "buffer" (write first, attend over the whole
+      cache row with a static kv_len; no copy). See the module docstring.
   """
   top_k: int = 0
   top_p: float = 0.0
@@ -69,6 +82,12 @@ class SamplingConfig:
   entropy_impl: Optional[str] = None
   layer_unroll: int = 1
   dtype: str = "float32"
+  kv_read: str = "slice"
+
+  def __post_init__(self):
+    if self.kv_read not in _KV_READS:
+      raise ValueError(f"kv_read must be one of {_KV_READS}, "
+                       f"got {self.kv_read!r}")
 
 
 @flax.struct.dataclass
@@ -174,10 +193,14 @@ class Sampler:
     seg_of = {l: i for i, (a, z) in enumerate(segments) for l in range(a, z)}
     write_off = plan_lib.kv_write_offsets(plan)
     h, dh = cfg.num_heads, cfg.head_dim
+    buffer = self.sampling.kv_read == "buffer"
+    # "slice": keys of the last generated scale are never read again, so they
+    # are not stored; "buffer": every scale writes before it attends.
+    cached_scales = num_gen if buffer else num_gen - 1
     caches = []
     for a, z in segments:
-      # Keys of the last generated scale are never read again.
-      cap = sum(plan_lib.tokens_written(plan, s, a) for s in range(num_gen - 1))
+      cap = sum(plan_lib.tokens_written(plan, s, a)
+                for s in range(cached_scales))
       k = jnp.zeros((z - a, 2 * b, cap, h, dh), dtype)
       caches.append((k, jnp.zeros_like(k)))
     cache_scales = {p.cache_from for p in plan.scales if p.restore == "cached"}
@@ -261,36 +284,44 @@ class Sampler:
               tkv)
           return p, t, l - s0
 
-        def write_kv(kc, vc, j, k, v, wo=wo, write=write):
+        def kv_in(kc, vc, j, wo=wo):
+          """The block's cache arguments for layer row j."""
+          if buffer:
+            return dict(kv_buffer=layers.KVBuffer(kc, vc, j, wo))
+          if wo == 0:
+            return dict(kv_prefix=None)
+          size = (1,) + kc.shape[1:2] + (wo,) + kc.shape[3:]
+          start = (j, 0, 0, 0, 0)
+          return dict(kv_prefix=(jax.lax.dynamic_slice(kc, start, size)[0],
+                                 jax.lax.dynamic_slice(vc, start, size)[0]))
+
+        def kv_out(kc, vc, j, kv, wo=wo, write=write):
+          """The caches after the block; kv is what the block returned."""
+          if buffer:
+            return kv  # the block already wrote its keys into the caches
           if not write:
             return kc, vc
+          k, v = kv
           at = (j, 0, wo, 0, 0)
           kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), at)
           vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), at)
           return kc, vc
 
-        def prefix_of(kc, vc, j, wo=wo):
-          if wo == 0:
-            return None
-          size = (1,) + kc.shape[1:2] + (wo,) + kc.shape[3:]
-          start = (j, 0, 0, 0, 0)
-          return (jax.lax.dynamic_slice(kc, start, size)[0],
-                  jax.lax.dynamic_slice(vc, start, size)[0])
-
         if run.letter == "F":
           def body(carry, l, rope=rope, want_entropy=want_entropy, ctx=ctx,
-                   write_kv=write_kv, prefix_of=prefix_of, layer=layer,
+                   kv_in=kv_in, kv_out=kv_out, layer=layer,
                    record=record_branches):
             x, kc, vc = carry
             p, tkv_l, j = layer(l)
             out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
-                              kv_prefix=prefix_of(kc, vc, j), text_kv=tkv_l,
-                              impl=impl, return_entropy=want_entropy,
+                              text_kv=tkv_l, impl=impl,
+                              return_entropy=want_entropy,
                               sa_impl=(self.sampling.entropy_impl
                                        if want_entropy else None),
-                              return_branches=record, **ctx)
-            x, (k, v) = out[0], out[1]
-            return (x, *write_kv(kc, vc, j, k, v)), out[2:]
+                              return_branches=record, **kv_in(kc, vc, j),
+                              **ctx)
+            x, kv = out[0], out[1]
+            return (x, *kv_out(kc, vc, j, kv)), out[2:]
           (x, kc, vc), extra = jax.lax.scan(body, (x, kc, vc), lids,
                                             unroll=unroll)
           extra = list(extra)
@@ -311,15 +342,14 @@ class Sampler:
             xk = layers.gather_tokens(x, idx)
             rope_k = layers.gather_rope(rope, idx)
 
-            def body(carry, l, rope_k=rope_k, ctx=ctx, write_kv=write_kv,
-                     prefix_of=prefix_of, layer=layer):
+            def body(carry, l, rope_k=rope_k, ctx=ctx, kv_in=kv_in,
+                     kv_out=kv_out, layer=layer):
               xk, kc, vc = carry
               p, tkv_l, j = layer(l)
-              xk, (k, v) = block.apply({"params": p}, xk, cond.ada_in,
-                                       rope=rope_k,
-                                       kv_prefix=prefix_of(kc, vc, j),
-                                       text_kv=tkv_l, impl=impl, **ctx)
-              return (xk, *write_kv(kc, vc, j, k, v)), None
+              xk, kv = block.apply({"params": p}, xk, cond.ada_in,
+                                   rope=rope_k, text_kv=tkv_l, impl=impl,
+                                   **kv_in(kc, vc, j), **ctx)
+              return (xk, *kv_out(kc, vc, j, kv)), None
             (xk, kc, vc), _ = jax.lax.scan(body, (xk, kc, vc), lids,
                                            unroll=unroll)
             x = layers.scatter_tokens(x, idx, xk, add=False)
@@ -339,17 +369,15 @@ class Sampler:
                   share_cfg=sp.share_cfg, batch=b)
 
             def body(carry, xs, idx=idx, select_fn=select_fn, rope=rope,
-                     ctx=ctx, write_kv=write_kv, prefix_of=prefix_of,
-                     layer=layer):
+                     ctx=ctx, kv_in=kv_in, kv_out=kv_out, layer=layer):
               x, kc, vc = carry
               l, cached_l = xs
               p, tkv_l, j = layer(l)
-              x, (k, v) = block.apply(
+              x, kv = block.apply(
                   {"params": p}, x, cond.ada_in, idx=idx, select_fn=select_fn,
-                  rope=rope, kv_prefix=prefix_of(kc, vc, j), text_kv=tkv_l,
-                  cached=cached_l, impl=impl, method=layers.Block.sparse,
-                  **ctx)
-              return (x, *write_kv(kc, vc, j, k, v)), None
+                  rope=rope, text_kv=tkv_l, cached=cached_l, impl=impl,
+                  method=layers.Block.sparse, **kv_in(kc, vc, j), **ctx)
+              return (x, *kv_out(kc, vc, j, kv)), None
             (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (lids, cached),
                                           unroll=unroll)
         caches[seg] = (kc, vc)

@@ -102,14 +102,23 @@ def caption_features(path: str, captions) -> Tuple[np.ndarray, np.ndarray]:
     ValueError: some captions have no features (the count and examples).
   """
   with np.load(path, allow_pickle=False) as f:
-    row = {c: i for i, c in enumerate(f["captions"].tolist())}
-    missing = [c for c in captions if c not in row]
-    if missing:
-      raise ValueError(f"{path}: no features for {len(missing)} captions, "
-                       f"e.g. {missing[:3]}; rerun encode_captions.py")
-    rows = np.array([row[c] for c in captions], np.int64)
+    rows = caption_rows(f, captions, path)
     return (f["token_features"][rows].astype(np.float32),
             f["mask"][rows].astype(bool))
+
+
+def caption_rows(npz, captions, path) -> np.ndarray:
+  """(N,) int64 rows of `captions` in an open `encode_captions.py` npz.
+
+  Raises:
+    ValueError: some captions are not in the file (count and examples).
+  """
+  row = {c: i for i, c in enumerate(npz["captions"].tolist())}
+  missing = [c for c in captions if c not in row]
+  if missing:
+    raise ValueError(f"{path}: no features for {len(missing)} captions, "
+                     f"e.g. {missing[:3]}; rerun encode_captions.py")
+  return np.array([row[c] for c in captions], np.int64)
 
 
 def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
