@@ -5,9 +5,11 @@ r"""Times sparsity plans on a random-weight model (GPU benchmark, not a test).
 
 `--plans` items are 'dense', 'fastvar', a named plan under configs/plans/ or a
 JSON path; append '@pallas' / '@cudnn' to choose the entropy kernel of probe
-layers, '#uN' to unroll N layers per scan step (0 = all), and
+layers, '#uN' to unroll N layers per scan step (0 = all),
 '~frequency' to swap an entropy plan's scorer for the free
-FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check).
+FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check), and
+a final '%buffer' to read the KV cache in place (SamplingConfig.kv_read),
+e.g. 'dense@cudnn#u1%buffer'.
 Writes `results.json` and `benchmarks.md` (a section for BENCHMARKS.md) into
 --out. Needs no ml_collections (the GPU machine has none).
 """
@@ -38,6 +40,7 @@ _PROFILE = flags.DEFINE_bool("profile", False,
 
 
 def _plan(spec, cfg):
+  spec, _, kv_read = spec.partition("%")
   spec, _, unroll = spec.partition("#u")
   name, _, scorer = spec.partition("~")
   name, _, entropy_impl = name.partition("@")
@@ -49,7 +52,8 @@ def _plan(spec, cfg):
     plan = dataclasses.replace(plan, name=f"{plan.name}~{scorer}",
                                scales=scales)
     plan = plan_lib.validate_plan(plan, cfg)
-  return plan, entropy_impl or None, int(unroll) if unroll else 1
+  return (plan, entropy_impl or None, int(unroll) if unroll else 1,
+          kv_read or "slice")
 
 
 # Measured on the H200 (BENCHMARKS.md): XLA runs every while-loop iteration
@@ -75,14 +79,15 @@ def main(argv):
   cond = benchmarking.conditioning(cfg, setup)
   rows, errors = [], {}
   for spec in _PLANS.value:
-    plan, entropy_impl, unroll = _plan(spec, cfg)
+    plan, entropy_impl, unroll, kv_read = _plan(spec, cfg)
     trace = (os.path.join(_OUT.value, "trace", str(len(rows)))
              if _PROFILE.value else None)
     try:
       r = benchmarking.bench_plan(cfg, tok, params, vparams, vae, cond, setup,
                                   plan, runs=_RUNS.value,
                                   entropy_impl=entropy_impl,
-                                  layer_unroll=unroll, profile_dir=trace)
+                                  layer_unroll=unroll, kv_read=kv_read,
+                                  profile_dir=trace)
     except Exception as e:  # pylint: disable=broad-except
       # One failing plan (e.g. a kernel this jax lacks) must not lose the
       # measurements of the others.
@@ -95,12 +100,13 @@ def main(argv):
   _write(setup, rows, errors)
   if errors:
     print(json.dumps({"errors": errors}))
-  print(json.dumps({f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}":
-                    round(r["transformer_s"], 4) for r in rows}))
+  print(json.dumps({benchmarking.result_key(r): round(r["transformer_s"], 4)
+                    for r in rows}))
 
 
 def _write(setup, rows, errors):
-  dense = next((r for r in rows if r["plan"] == "dense"), None)
+  dense = next((r for r in rows if r["plan"] == "dense"
+                and r.get("kv_read", "slice") == "slice"), None)
   for r in rows:
     if dense:
       r["measured_speedup"] = dense["transformer_s"] / r["transformer_s"]
@@ -142,7 +148,9 @@ def _markdown(res):
       "|---|---|---|---|---|---|---|---|"]
   for r in res["plans"]:
     name = (r["plan"] + (f" @{r['entropy_impl']}" if r["entropy_impl"] else "")
-            + f" (unroll {r['layer_unroll']})")
+            + f" (unroll {r['layer_unroll']}"
+            + (f", kv {r['kv_read']})" if r.get("kv_read", "slice") != "slice"
+               else ")"))
     lines.append(
         f"| {name} | {r['transformer_s']:.4f} | {r['with_decode_s']:.4f} | "
         f"{r['decode_only_s']:.4f} | {r['compile_s']:.1f} | {r['tflop']:.2f} | "

@@ -88,6 +88,7 @@ def _time(fn, runs: int) -> List[float]:
 def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                plan: plan_lib.SparsityPlan, *, runs: int = 7,
                entropy_impl: Optional[str] = None, layer_unroll: int = 1,
+               kv_read: str = "slice",
                profile_dir: Optional[str] = None) -> Dict[str, Any]:
   """Times one plan: transformer only, and transformer + decode."""
   smp = sampler_lib.Sampler(
@@ -95,7 +96,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       sampling=sampler_lib.SamplingConfig(
           top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
           attn_impl=setup.attn_impl, entropy_impl=entropy_impl,
-          layer_unroll=layer_unroll))
+          layer_unroll=layer_unroll, kv_read=kv_read))
   rng = jax.random.key(0)
   g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   tau = jnp.float32(0.5)
@@ -123,6 +124,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       "plan": plan.name,
       "entropy_impl": entropy_impl,
       "layer_unroll": layer_unroll,
+      "kv_read": kv_read,
       "compile_s": compile_s,
       "transformer_s": statistics.median(times),
       "transformer_runs_s": times,
@@ -132,6 +134,14 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       "flop_speedup": dense_fl.total / fl.total,
       "finite": bool(np.all(np.isfinite(np.asarray(out.latent, np.float32)))),
   }
+
+
+def result_key(r: Dict[str, Any]) -> str:
+  """'plan@entropy_impl#uN', plus '%kv_read' when not the default "slice"
+  (the spelling `experiments/benchmark.py --plans` takes)."""
+  key = f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}"
+  kv_read = r.get("kv_read", "slice")
+  return key if kv_read == "slice" else f"{key}%{kv_read}"
 
 
 def peak_memory_gib() -> Optional[float]:

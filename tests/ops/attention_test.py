@@ -28,6 +28,7 @@ from absl.testing import parameterized
 import chex
 import jax
 from jax._src.cudnn import fused_attention_stablehlo
+from jax._src.nn import functions as nn_functions
 import jax.numpy as jnp
 import numpy as np
 
@@ -203,6 +204,37 @@ class XlaAttentionTest(parameterized.TestCase):
     ref = _reference(q, k[:, :37], v[:, :37])
     got = _attention(q, k_nan, v_nan, kv_len=37, return_entropy=True)
     chex.assert_trees_all_close(got, ref, atol=_OUT_ATOL, rtol=0)
+
+  @parameterized.named_parameters(
+      ('kv37', 37, None), ('kv53_chunked', 53, 16), ('kv95', 95, None))
+  def test_kv_len_equals_truncated_keys(self, kv_len, query_chunk):
+    # A 96-row cache whose rows past kv_len hold large finite garbage (as a
+    # KV buffer that later scales fill), a block-causal-like mask and key
+    # padding spanning all 96 columns; kv_len a multiple of no block size.
+    q, k, v = _qkv(2, 21, 96, 2, 16, seed=12)
+    k = k.at[:, kv_len:].set(50.0)
+    v = v.at[:, kv_len:].set(-1e4)
+    rng = np.random.default_rng(12)
+    mask = jnp.asarray(rng.random((21, 96)) < 0.7).at[:, 0].set(True)
+    mask = mask.at[4].set(False)  # a query with no valid key
+    key_mask = jnp.stack([jnp.arange(96) != 5, jnp.arange(96) % 3 != 0])
+    got = _attention(q, k, v, mask=mask, key_mask=key_mask, kv_len=kv_len,
+                     query_chunk=query_chunk, return_entropy=True)
+    cut = _attention(q, k[:, :kv_len], v[:, :kv_len], mask=mask[:, :kv_len],
+                     key_mask=key_mask[:, :kv_len], query_chunk=query_chunk,
+                     return_entropy=True)
+    ref_out, ref_ent = _reference(q, k[:, :kv_len], v[:, :kv_len],
+                                  mask=mask[:, :kv_len],
+                                  key_mask=key_mask[:, :kv_len])
+    chex.assert_trees_all_close(got, cut, atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(got[0], ref_out, atol=_OUT_ATOL, rtol=0)
+    _assert_entropy_close(got[1], ref_ent)
+    chex.assert_trees_all_equal(got[1][:, 4], jnp.zeros((2,)))
+    # Without kv_len the garbage rows would count.
+    full = _attention(q, k, v, mask=mask, key_mask=key_mask,
+                      return_entropy=True)
+    if kv_len < 95:
+      self.assertGreater(float(jnp.abs(full[0] - ref_out).max()), 1.0)
 
   def test_bfloat16_inputs(self):
     q, k, v = _qkv(1, 16, 129, 2, 64, seed=8, dtype=jnp.bfloat16)
@@ -433,8 +465,86 @@ def _emulated_cudnn(query, key, value, bias=None, mask=None, *, scale=1.0,
   return (out, lse) if return_residual else out
 
 
+def _emulated_cudnn_lengths(query, key, value, bias=None, mask=None,
+                            q_seqlen=None, kv_seqlen=None, *, scale=1.0,
+                            mask_type=None, return_residual=False, **unused):
+  """XLA stand-in for the private cuDNN call that honours the padding mask.
+
+  Checks what cuDNN checks of the lengths (int32, (B,)) and records the
+  arguments in `_CALLS`.
+  """
+  del unused
+  _CALLS.append(dict(q_seqlen=q_seqlen, kv_seqlen=kv_seqlen,
+                     mask_type=mask_type))
+  batch, num_q, num_k = query.shape[0], query.shape[1], key.shape[1]
+  padding = mask_type in (fused_attention_stablehlo.MaskType.PADDING,
+                          fused_attention_stablehlo.MaskType.PADDING_CAUSAL)
+  if padding:
+    for t in (q_seqlen, kv_seqlen):
+      assert t.dtype == jnp.int32 and t.shape == (batch,), (t.dtype, t.shape)
+    ok = ((jnp.arange(num_q)[None, :, None] < q_seqlen[:, None, None])
+          & (jnp.arange(num_k)[None, None, :] < kv_seqlen[:, None, None]))
+    ok = ok[:, None]  # (B, 1, Nq, Nk)
+    mask = ok if mask is None else mask & ok
+  return _emulated_cudnn(query, key, value, bias, mask, scale=scale,
+                         return_residual=return_residual)
+
+
+_CALLS = []
+
+
 class CudnnRouteTest(absltest.TestCase):
   """The [V | K] algebra and guards, with cuDNN replaced by XLA (CPU)."""
+
+  def _kv_len_inputs(self):
+    # A 64-row cache, 29 rows in use; garbage (finite, as cuDNN needs)
+    # after them. Batch 1's only valid keys lie past kv_len: it must come out
+    # as a row with no valid key (output 0, entropy 0).
+    q, k, v = _qkv(2, 12, 64, 2, 64, seed=13)
+    k = k.at[:, 29:].set(3.0)
+    v = v.at[:, 29:].set(-100.0)
+    key_mask = jnp.stack([jnp.arange(64) != 3, jnp.arange(64) >= 40])
+    ref = _reference(q, k[:, :29], v[:, :29], key_mask=key_mask[:, :29])
+    return q, k, v, key_mask, ref
+
+  def test_kv_len_plain_uses_key_value_seq_lengths(self):
+    # The public jax.nn.dot_product_attention runs for real (its argument
+    # checks included); only its cuDNN kernel call is emulated.
+    q, k, v, key_mask, (ref_out, _) = self._kv_len_inputs()
+    _CALLS.clear()
+    with mock.patch.object(nn_functions, 'cudnn_dot_product_attention',
+                           _emulated_cudnn_lengths):
+      out = _fresh_attention()(q, k, v, key_mask=key_mask, kv_len=29,
+                               implementation='cudnn')
+    self.assertLen(_CALLS, 1)
+    self.assertEqual(_CALLS[0]['mask_type'],
+                     fused_attention_stablehlo.MaskType.PADDING)
+    chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
+    chex.assert_trees_all_equal(out[1], jnp.zeros_like(out[1]))
+
+  def test_kv_len_entropy_passes_padding_lengths(self):
+    q, k, v, key_mask, (ref_out, ref_ent) = self._kv_len_inputs()
+    _CALLS.clear()
+    with mock.patch.object(fused_attention_stablehlo, 'dot_product_attention',
+                           _emulated_cudnn_lengths):
+      out, ent = _fresh_attention()(q, k, v, key_mask=key_mask, kv_len=29,
+                                    implementation='cudnn',
+                                    return_entropy=True)
+    self.assertLen(_CALLS, 1)
+    self.assertEqual(_CALLS[0]['mask_type'],
+                     fused_attention_stablehlo.MaskType.PADDING)
+    chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
+    _assert_entropy_close(ent, ref_ent, rtol=1e-4)
+    chex.assert_trees_all_equal(ent[1], jnp.zeros_like(ent[1]))
+    chex.assert_trees_all_equal(out[1], jnp.zeros_like(out[1]))
+
+  def test_kv_len_entropy_needs_the_length_arguments(self):
+    q, k, v, _, _ = self._kv_len_inputs()
+    with mock.patch.object(fused_attention_stablehlo, 'dot_product_attention',
+                           _emulated_cudnn):
+      with self.assertRaisesRegex(NotImplementedError, 'kv_seqlen'):
+        _fresh_attention()(q, k, v, kv_len=29, implementation='cudnn',
+                           return_entropy=True)
 
   def test_entropy_from_logsumexp_and_kbar(self):
     q, k, v = _qkv(2, 12, 37, 2, 64, seed=11)

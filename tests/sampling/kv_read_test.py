@@ -7,16 +7,20 @@ All fp32 on CPU, greedy, on the micro configs of `toprovar_jax.testing`
 logits within 1e-5, recorded attention entropies within 1e-5 (NaN where a
 layer records none). The plans cover dense, S layers (select "scale" with
 passthrough restore, select "sublayer" with cached restore), an X layer, an
-entropy probe and the SkipVAR branch drop.
+entropy probe and the SkipVAR branch drop; the cuDNN code paths are traced
+with the cuDNN calls emulated in XLA (cuDNN does not run on CPU).
 """
 
 import dataclasses
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
 import jax
+from jax._src.cudnn import fused_attention_stablehlo
+from jax._src.nn import functions as nn_functions
 import jax.numpy as jnp
 import numpy as np
 
@@ -115,24 +119,51 @@ _PLANS = {"dense": lambda cfg: None, "probe_sx": _probe_plan,
           "cached_sublayer": _cached_plan, "x_layers": _x_plan}
 
 
+def _emulated_cudnn(query, key, value, bias=None, mask=None, q_seqlen=None,
+                    kv_seqlen=None, *, scale=1.0, mask_type=None,
+                    return_residual=False, **unused):
+  """XLA stand-in for both cuDNN calls (the public one's kernel and the
+  private one with the logsumexp): bool mask and padding lengths as cuDNN
+  applies them, a large negative bias rather than −inf."""
+  del bias, unused
+  s = scale * jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32),
+                         key.astype(jnp.float32),
+                         precision=jax.lax.Precision.HIGHEST)
+  valid = jnp.ones(s.shape, bool)
+  if mask is not None:
+    valid &= mask
+  if mask_type == fused_attention_stablehlo.MaskType.PADDING:
+    valid &= (jnp.arange(s.shape[-1]) < kv_seqlen[:, None, None, None])
+    valid &= (jnp.arange(s.shape[-2])[:, None] < q_seqlen[:, None, None, None])
+  s = jnp.where(valid, s, -2.0 ** 41)
+  out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1),
+                   value.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST).astype(query.dtype)
+  return (out, jax.nn.logsumexp(s, axis=-1)) if return_residual else out
+
+
 class KvReadTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ("infinity_dense_entropy", "infinity", "dense", True),
-      ("var_dense", "var", "dense", False),
-      ("infinity_probe_sx_entropy", "infinity", "probe_sx", True),
-      ("infinity_cached_sublayer", "infinity", "cached_sublayer", False),
-      ("infinity_x_layers", "infinity", "x_layers", False),
+      ("infinity_dense_entropy", "infinity", "dense", True, None),
+      ("var_dense", "var", "dense", False, None),
+      ("infinity_probe_sx_entropy", "infinity", "probe_sx", True, None),
+      # The FAE kernel (Pallas interpret mode) reads kv_len rows itself.
+      ("infinity_probe_sx_pallas", "infinity", "probe_sx", True, "pallas"),
+      ("infinity_cached_sublayer", "infinity", "cached_sublayer", False,
+       None),
+      ("infinity_x_layers", "infinity", "x_layers", False, None),
   )
-  def test_buffer_equals_slice(self, style, plan_name, record_entropy):
+  def test_buffer_equals_slice(self, style, plan_name, record_entropy,
+                               entropy_impl):
     setup = _micro_infinity() if style == "infinity" else _micro_var()
     cfg = setup[0]
     plan = _PLANS[plan_name](cfg)
     if plan is not None:
       plan = plan_lib.validate_plan(plan, cfg)
-    ref = _generate(setup, plan, record_entropy=record_entropy)
-    out = _generate(setup, plan, record_entropy=record_entropy,
-                    kv_read="buffer")
+    kw = dict(record_entropy=record_entropy, entropy_impl=entropy_impl)
+    ref = _generate(setup, plan, **kw)
+    out = _generate(setup, plan, kv_read="buffer", **kw)
     np.testing.assert_array_equal(np.asarray(out.tokens),
                                   np.asarray(ref.tokens))
     chex.assert_trees_all_close(out.logits, ref.logits, atol=_ATOL, rtol=0)
@@ -146,6 +177,26 @@ class KvReadTest(parameterized.TestCase):
       self.assertTrue(np.isfinite(np.asarray(out.entropy[0][0])).all())
     else:
       self.assertIsNone(out.entropy)
+
+  def test_cudnn_route_traces_and_matches(self):
+    # cuDNN does not run on CPU: both of its entry points are replaced by an
+    # XLA emulation, so this checks the plumbing of the cuDNN code paths
+    # (key_value_seq_lengths in the plain call, q/kv_seqlen + PADDING in the
+    # [V | K] entropy call) through a whole sparse generation.
+    setup = _micro_infinity()
+    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    kw = dict(attn_impl="cudnn", entropy_impl="cudnn", record_entropy=True)
+    with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
+                           _emulated_cudnn), \
+         mock.patch.object(fused_attention_stablehlo, "dot_product_attention",
+                           _emulated_cudnn):
+      ref = _generate(setup, plan, **kw)
+      out = _generate(setup, plan, kv_read="buffer", **kw)
+    np.testing.assert_array_equal(np.asarray(out.tokens),
+                                  np.asarray(ref.tokens))
+    chex.assert_trees_all_close(out.logits, ref.logits, atol=_ATOL, rtol=0)
+    # lse − s̄ cancels ~|s| in float32 (as in ops/attention_test.py).
+    chex.assert_trees_all_close(out.entropy, ref.entropy, atol=1e-4, rtol=0)
 
   def test_unknown_kv_read_raises(self):
     with self.assertRaisesRegex(ValueError, "kv_read"):
