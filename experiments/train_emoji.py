@@ -33,6 +33,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from toprovar_jax.training import budget
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Holds tok/ and tf/.")
 _DATASET = flags.DEFINE_string("dataset", None, "emoji_128.npz")
 _CAPTIONS = flags.DEFINE_string("captions", None, "encode_captions.py npz")
@@ -65,24 +67,6 @@ def _train(stage: str, workdir: pathlib.Path, budget_s: float,
   subprocess.run(cmd, check=True)
 
 
-def last_run(workdir: pathlib.Path) -> tuple[int, float]:
-  """(end step, steps/s) of the last run in a train.py results.json."""
-  runs = json.loads((workdir / "results.json").read_text())["runs"]
-  return int(runs[-1]["end_step"]), float(runs[-1]["steps_per_sec"])
-
-
-def planned_steps(done: int, rate: float, seconds_left: float,
-                  cap: int = 0) -> int:
-  """Total steps that `seconds_left` more seconds at `rate` steps/s reach.
-
-  At least one more step than `done` (a probe that measured no rate, or a
-  budget already spent, still ends with a short resumed run that exports),
-  and at most `cap` when it is positive.
-  """
-  steps = done + max(int(max(seconds_left, 0.0) * rate), 1)
-  return min(steps, cap) if cap > 0 else steps
-
-
 def _stage(stage: str, budget_s: float) -> dict:
   workdir = pathlib.Path(_WORKDIR.value) / ("tok" if stage == "tokenizer"
                                             else "tf")
@@ -93,15 +77,15 @@ def _stage(stage: str, budget_s: float) -> dict:
   # The probe's own total only sets its warm-up; a large one keeps the
   # schedule in warm-up whatever the rate.
   _train(stage, workdir, _PROBE_S.value, 10**6, extra)
-  done, rate = last_run(workdir)
+  done, rate = budget.last_run(workdir)
   left = budget_s - (time.monotonic() - t0) - _RESTART_S.value
-  steps = planned_steps(done, rate, left, int(caps.get(stage, 0)))
+  steps = budget.planned_steps(done, rate, left, int(caps.get(stage, 0)))
   logging.info("%s: %d steps in the probe at %.1f steps/s -> %d steps",
                stage, done, rate, steps)
   # At least a second: a budget of 0 or less means "none" to train.py.
   _train(stage, workdir, max(budget_s - (time.monotonic() - t0), 1.0), steps,
          extra)
-  end, final_rate = last_run(workdir)
+  end, final_rate = budget.last_run(workdir)
   return dict(stage=stage, probe_steps=done, probe_rate=rate,
               planned_steps=steps, end_step=end, final_rate=final_rate,
               wall_s=time.monotonic() - t0)

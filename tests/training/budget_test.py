@@ -1,11 +1,11 @@
-"""Tests for the step planning of experiments/train_emoji.py."""
+"""Tests for toprovar_jax.training.budget (experiments/budget.py)."""
 
 import pathlib
 import tempfile
 
 from absl.testing import absltest
 
-from experiments import train_emoji
+from toprovar_jax.training import budget
 from toprovar_jax.training import loop
 
 
@@ -20,17 +20,17 @@ class PlannedStepsTest(absltest.TestCase):
 
   def test_fills_the_time_left(self):
     # 355 probe steps at 7.5 steps/s, 300 s left: 2,250 more.
-    self.assertEqual(train_emoji.planned_steps(355, 7.5, 300.0), 2605)
+    self.assertEqual(budget.planned_steps(355, 7.5, 300.0), 2605)
 
   def test_at_least_one_more_step(self):
     # No rate measured, or no time left: the resumed run still exports.
-    self.assertEqual(train_emoji.planned_steps(29, 0.0, 300.0), 30)
-    self.assertEqual(train_emoji.planned_steps(29, 9.0, -12.0), 30)
+    self.assertEqual(budget.planned_steps(29, 0.0, 300.0), 30)
+    self.assertEqual(budget.planned_steps(29, 9.0, -12.0), 30)
 
   def test_cap(self):
-    self.assertEqual(train_emoji.planned_steps(1000, 40.0, 100.0, cap=3000),
+    self.assertEqual(budget.planned_steps(1000, 40.0, 100.0, cap=3000),
                      3000)
-    self.assertEqual(train_emoji.planned_steps(1000, 40.0, 10.0, cap=3000),
+    self.assertEqual(budget.planned_steps(1000, 40.0, 10.0, cap=3000),
                      1400)
 
 
@@ -40,10 +40,10 @@ class LastRunTest(absltest.TestCase):
     # The file as experiments/train.py writes it (loop.append_results).
     workdir = pathlib.Path(tempfile.mkdtemp())
     loop.append_results(workdir, _result(0, 355, 7.5771), stage="transformer")
-    self.assertEqual(train_emoji.last_run(workdir), (355, 7.5771))
+    self.assertEqual(budget.last_run(workdir), (355, 7.5771))
     loop.append_results(workdir, _result(355, 2335, 7.5688),
                         stage="transformer")
-    self.assertEqual(train_emoji.last_run(workdir), (2335, 7.5688))
+    self.assertEqual(budget.last_run(workdir), (2335, 7.5688))
 
 
 if __name__ == "__main__":
