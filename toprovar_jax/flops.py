@@ -34,6 +34,7 @@ import dataclasses
 from typing import Dict, Mapping, Optional, Tuple
 
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import layout
 from toprovar_jax.sampling import plan as plan_lib
 
 COMPONENTS = ("linear", "self_attn", "cross_attn", "head")
@@ -106,7 +107,7 @@ def plan_flops(plan: plan_lib.SparsityPlan,
     head_out = cfg.head_out if count_bit_head else 0
   num_scales = len(plan.schedule)
   tokens = plan.tokens_per_scale
-  offsets = plan_lib.kv_write_offsets(plan)
+  offsets = layout.kv_write_offsets(plan)
   text_kv_done = [False] * plan.num_layers
 
   by_scale_layer = []
@@ -117,7 +118,7 @@ def plan_flops(plan: plan_lib.SparsityPlan,
     if s < plan.num_generated:
       seqs = _CFG_SEQUENCES if plan.scales[s].guidance else 1
       for l in range(plan.num_layers):
-        q = plan_lib.tokens_written(plan, s, l)  # queries == K/V written
+        q = layout.tokens_written(plan, s, l)  # queries == K/V written
         if q == 0:  # X: the block is bypassed.
           continue
         keys = offsets[s][l] + q

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import layout
 from toprovar_jax.sampling import plan as plan_lib
 
 # A 4-layer model with 3 scales (N_s = 1, 4, 16) keeps hand computations short.
@@ -496,45 +497,45 @@ class HelpersTest(absltest.TestCase):
     plan_lib.validate_plan(self.plan, self.cfg)
 
   def test_kv_cache_lengths(self):
-    self.assertEqual(plan_lib.kv_cache_lengths(self.plan, self.cfg),
+    self.assertEqual(layout.kv_cache_lengths(self.plan, self.cfg),
                      (21, 21, 11, 11, 3, 21))
-    self.assertEqual(plan_lib.kv_cache_lengths(plan_lib.dense_plan(_2B)),
+    self.assertEqual(layout.kv_cache_lengths(plan_lib.dense_plan(_2B)),
                      (10521,) * 32)
 
   def test_kv_cache_lengths_fastvar(self):
     # 2B FastVAR: dense through 24x24 (1497), then 615 + 800 in S layers.
-    lengths = plan_lib.kv_cache_lengths(plan_lib.fastvar_plan(_2B), _2B)
+    lengths = layout.kv_cache_lengths(plan_lib.fastvar_plan(_2B), _2B)
     self.assertEqual(lengths, (4121,) * 3 + (1497 + 615 + 800,) * 25
                      + (4121,) * 4)
 
   def test_kv_write_offsets(self):
-    self.assertEqual(plan_lib.kv_write_offsets(self.plan), (
+    self.assertEqual(layout.kv_write_offsets(self.plan), (
         (0, 0, 0, 0, 0, 0),
         (1, 1, 1, 1, 1, 1),
         (5, 5, 3, 3, 3, 5),
     ))
 
   def test_layer_segments(self):
-    self.assertEqual(plan_lib.layer_segments(self.plan),
+    self.assertEqual(layout.layer_segments(self.plan),
                      ((0, 2), (2, 4), (4, 5), (5, 6)))
-    self.assertEqual(plan_lib.layer_segments(plan_lib.dense_plan(_2B)),
+    self.assertEqual(layout.layer_segments(plan_lib.dense_plan(_2B)),
                      ((0, 32),))
-    self.assertEqual(plan_lib.layer_segments(_paper_plan()),
+    self.assertEqual(layout.layer_segments(_paper_plan()),
                      ((0, 3), (3, 31), (31, 32)))
 
   def test_runs_at_scale(self):
-    self.assertEqual(plan_lib.runs_at_scale(self.plan, 0),
+    self.assertEqual(layout.runs_at_scale(self.plan, 0),
                      ((0, 2, "F"), (2, 4, "F"), (4, 5, "F"), (5, 6, "F")))
     # Layers 2..4 are all S at scale 1 but split at the segment boundary 4.
-    self.assertEqual(plan_lib.runs_at_scale(self.plan, 1),
+    self.assertEqual(layout.runs_at_scale(self.plan, 1),
                      ((0, 2, "F"), (2, 4, "S"), (4, 5, "S"), (5, 6, "F")))
     self.assertEqual(
-        plan_lib.runs_at_scale(self.plan, 2, split_at_probe=True),
+        layout.runs_at_scale(self.plan, 2, split_at_probe=True),
         ((0, 1, "F"), (1, 2, "F"), (2, 4, "S"), (4, 5, "X"), (5, 6, "F")))
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
         "plan 'h', scale 3, field 'scales': scale 3 is not generated (0..2)"):
-      plan_lib.runs_at_scale(self.plan, 3)
+      layout.runs_at_scale(self.plan, 3)
 
 
 class JitStaticTest(absltest.TestCase):
@@ -544,7 +545,7 @@ class JitStaticTest(absltest.TestCase):
 
     def f(x, plan):
       traces.append(plan.name)
-      return x * plan_lib.kv_cache_lengths(plan)[0]
+      return x * layout.kv_cache_lengths(plan)[0]
 
     g = jax.jit(f, static_argnames="plan")
     a = plan_lib.fastvar_plan(_2B)

@@ -40,6 +40,7 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents as latents_lib
+from toprovar_jax.sampling import layout
 from toprovar_jax.sampling import plan as plan_lib
 from toprovar_jax.sampling import selection
 from toprovar_jax.sampling import strategies
@@ -189,9 +190,9 @@ class Sampler:
     # -- static cache layout from the plan ------------------------------------
     num_gen = plan.num_generated
     off = cfg.scale_offsets
-    segments = plan_lib.layer_segments(plan)
+    segments = layout.layer_segments(plan)
     seg_of = {l: i for i, (a, z) in enumerate(segments) for l in range(a, z)}
-    write_off = plan_lib.kv_write_offsets(plan)
+    write_off = layout.kv_write_offsets(plan)
     h, dh = cfg.num_heads, cfg.head_dim
     buffer = self.sampling.kv_read == "buffer"
     # "slice": keys of the last generated scale are never read again, so they
@@ -199,7 +200,7 @@ class Sampler:
     cached_scales = num_gen if buffer else num_gen - 1
     caches = []
     for a, z in segments:
-      cap = sum(plan_lib.tokens_written(plan, s, a)
+      cap = sum(layout.tokens_written(plan, s, a)
                 for s in range(cached_scales))
       k = jnp.zeros((z - a, 2 * b, cap, h, dh), dtype)
       caches.append((k, jnp.zeros_like(k)))
@@ -231,7 +232,7 @@ class Sampler:
       if rope_cos is not None:
         rope = (jnp.asarray(rope_cos[a_tok:e_tok]),
                 jnp.asarray(rope_sin[a_tok:e_tok]))
-      runs = plan_lib.runs_at_scale(plan, si,
+      runs = layout.runs_at_scale(plan, si,
                                     split_at_probe=sp.probe_layer is not None)
       record_branches = si in cache_scales
       idx = None
