@@ -15,7 +15,6 @@ longer than T are truncated with a warning. An existing --output is refused
 unless --overwrite. Runs on CPU; the features are deterministic there.
 """
 
-import os
 import pathlib
 
 from absl import app
@@ -24,6 +23,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from toprovar_jax import io
 from toprovar_jax.text import minilm_loader
 
 _CAPTIONS = flags.DEFINE_string("captions", None,
@@ -71,22 +71,15 @@ def main(argv):
                "%d truncated", out["mask"].shape[1], num_tokens.min(),
                num_tokens.mean(), num_tokens.max(), out["truncated"].sum())
 
-  # Temporary file in the same folder, then an atomic rename: a reader never
-  # sees half an npz.
   output.parent.mkdir(parents=True, exist_ok=True)
-  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      # Compressed: the zero padding after each caption's tokens is most of
-      # the array (1,898 emoji captions, T=32: 50 MB raw, 14 MB compressed),
-      # and the file has to travel to the GPU machine.
-      np.savez_compressed(f, captions=np.asarray(captions),
-               max_len=np.int32(out["mask"].shape[1]),
-               model_sha256=np.asarray(
-                   list(minilm_loader.EXPECTED_SHA256.values())), **out)
-    os.replace(tmp, output)
-  finally:
-    tmp.unlink(missing_ok=True)
+  # Compressed: the zero padding after each caption's tokens is most of the
+  # array (1,898 emoji captions, T=32: 50 MB raw, 14 MB compressed), and the
+  # file has to travel to the GPU machine. Atomic: no half-written npz.
+  io.write_atomic(output, lambda f: np.savez_compressed(
+      f, captions=np.asarray(captions),
+      max_len=np.int32(out["mask"].shape[1]),
+      model_sha256=np.asarray(list(minilm_loader.EXPECTED_SHA256.values())),
+      **out))
   logging.info("Wrote %s", output)
 
 

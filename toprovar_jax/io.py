@@ -61,8 +61,11 @@ def prepare_workdir(path: PathLike, overwrite: bool) -> pathlib.Path:
   return workdir
 
 
-def _write_atomic(path: PathLike, write: Callable[[Any], None]) -> pathlib.Path:
-  """Calls `write(binary_file)` on a temp file, then moves it to `path`."""
+def write_atomic(path: PathLike, write: Callable[[Any], None]) -> pathlib.Path:
+  """Calls `write(binary_file)` on a temp file, then moves it to `path`.
+
+  Readers never see half a file, and a failed write leaves `path` as it was.
+  """
   target = pathlib.Path(path)
   # A hidden, unique name beside the target (same filesystem, so os.replace
   # is a rename); "xb" never clobbers and, unlike mkstemp's 0600, leaves the
@@ -81,9 +84,14 @@ def _write_atomic(path: PathLike, write: Callable[[Any], None]) -> pathlib.Path:
   return target
 
 
+def write_bytes_atomic(path: PathLike, data: bytes) -> pathlib.Path:
+  """Writes bytes atomically."""
+  return write_atomic(path, lambda f: f.write(data))
+
+
 def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
   """Writes UTF-8 text atomically."""
-  return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+  return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: PathLike, obj: Any) -> pathlib.Path:
@@ -104,7 +112,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def write_png_atomic(path: PathLike, image: np.ndarray) -> pathlib.Path:
   """Writes one (H, W, 3) uint8 RGB image as PNG, atomically."""
   pil = Image.fromarray(_check_image(image))  # uint8 (H, W, 3): RGB
-  return _write_atomic(path, lambda f: pil.save(f, format="PNG"))
+  return write_atomic(path, lambda f: pil.save(f, format="PNG"))
 
 
 def image_grid(images: np.ndarray, num_cols: Optional[int] = None,

@@ -14,9 +14,10 @@ The emoji model's weights ship inside the package, under
                          bfloat16 is stored as its uint16 bit pattern (numpy
                          has no bfloat16).
 
-This reader is written independently of the training code, so that
-generation never imports optax or the training loop; a test round-trips
-`loop.export_params` through it to keep the two in step. The files come
+This is the one reader of the format (training reads its own exports with
+it too); it imports no training code, so that generation never imports
+optax or the training loop. A test round-trips `loop.export_params` through
+it. The files come
 from outside (SPEC §11): the manifest is parsed as JSON data, the npz files
 are opened with `allow_pickle=False`, and a file name in the manifest must
 be a bare name in the export folder.

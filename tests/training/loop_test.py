@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from toprovar_jax import training
+from toprovar_jax import weights
 from toprovar_jax.training import curves
 from toprovar_jax.training import loop
 from toprovar_jax.training import transformer as transformer_training
@@ -123,7 +124,7 @@ class LoopTest(absltest.TestCase):
       self.assertEqual(img.mode, "RGB")
       self.assertGreater(min(img.size), 100)
       self.assertGreater(len(np.unique(np.asarray(img))), 3)  # not blank
-    tree, manifest = loop.load_export(self.root / loop.EXPORT_DIR, "toy")
+    tree, manifest = weights.load_shards(self.root / loop.EXPORT_DIR, "toy")
     self.assertEqual(manifest["step"], 6)
     self.assertEqual(tree["w"].dtype, ml_dtypes.bfloat16)
     np.testing.assert_array_equal(
@@ -180,7 +181,7 @@ class ExportTest(absltest.TestCase):
     for p in shards:
       self.assertLessEqual(os.path.getsize(p), max_bytes)
     self.assertFalse((root / "p_009.npz").exists())
-    got, manifest = loop.load_export(root, "p", dtype=np.float32)
+    got, manifest = weights.load_shards(root, "p", dtype=np.float32)
     self.assertEqual(manifest["num_params"], 300 * 100 + 7 + 3)
     np.testing.assert_array_equal(
         got["params"]["big"],

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import pathlib
-import secrets
 import unicodedata
 import zipfile
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -53,6 +52,8 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 import PIL
+
+from toprovar_jax import io as io_lib
 
 PathLike = Union[str, os.PathLike]
 
@@ -523,19 +524,7 @@ def save_dataset(path: PathLike, dataset: EmojiDataset) -> pathlib.Path:
       info.compress_type = zipfile.ZIP_DEFLATED
       with zf.open(info, "w", force_zip64=True) as f:
         np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
-  target = pathlib.Path(path)
-  # Temp file beside the target, then a rename: readers never see half a file.
-  tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
-  try:
-    with open(tmp, "xb") as f:
-      f.write(buffer.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, target)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  return target
+  return io_lib.write_bytes_atomic(path, buffer.getvalue())
 
 
 def build_dataset(out_path: PathLike, image_size: int = 128,

@@ -63,6 +63,7 @@ import numpy as np
 
 from toprovar_jax import pipeline
 from toprovar_jax import training
+from toprovar_jax import weights
 from toprovar_jax.convert import common
 from toprovar_jax.data import emoji
 from toprovar_jax.metrics import figures
@@ -180,7 +181,7 @@ def load_models(*, tokenizer_dir: str, transformer_dir: str,
   tok_folder = _export_folder(tokenizer_dir, "tokenizer")
   vae_params = tokenizer_lib.load_trained(str(tok_folder), tok)
   tf_folder = _export_folder(transformer_dir, "transformer")
-  tree, manifest = loop.load_export(tf_folder, "transformer",
+  tree, manifest = weights.load_shards(tf_folder, "transformer",
                                     dtype=np.float32)
   common.check_against(tree, pipeline.abstract_transformer(model),
                        context=str(tf_folder))

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import pathlib
-import secrets
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from typing import Tuple, Union
@@ -47,13 +46,14 @@ import optax
 import orbax.checkpoint as ocp
 
 from toprovar_jax import io
+from toprovar_jax import weights
 from toprovar_jax.training import curves as curves_lib
 
 PathLike = Union[str, os.PathLike]
 Metrics = Dict[str, Any]
 
 MiB = 1 << 20
-EXPORT_FORMAT = "toprovar-npz-shards-v1"
+EXPORT_FORMAT = weights.EXPORT_FORMAT  # read back by weights.load_shards
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
@@ -171,20 +171,6 @@ def make_optimizer(*, learning_rate: float, total_steps: int,
 # -----------------------------------------------------------------------------
 
 
-def _write_bytes_atomic(path: pathlib.Path, data: bytes) -> pathlib.Path:
-  tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-  try:
-    with open(tmp, "xb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  return path
-
-
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
   import io as pyio  # local: `io` is toprovar_jax.io here
   buf = pyio.BytesIO()
@@ -268,7 +254,7 @@ def export_params(directory: PathLike, tree: Any, *, name: str = "params",
     data = _npz_bytes(arrays)
     if len(data) > max_bytes:  # the overhead estimate is generous; be sure
       raise AssertionError(f"export shard {i} is {len(data)} > {max_bytes}")
-    written.append(_write_bytes_atomic(directory / f"{name}_{i:03d}.npz",
+    written.append(io.write_bytes_atomic(directory / f"{name}_{i:03d}.npz",
                                        data))
   manifest = dict(format=EXPORT_FORMAT, name=name, step=int(step),
                   max_bytes=int(max_bytes),
@@ -283,48 +269,6 @@ def export_params(directory: PathLike, tree: Any, *, name: str = "params",
     if stale.name not in keep:
       stale.unlink()
   return written
-
-
-def load_export(directory: PathLike, name: str = "params",
-                dtype: Any = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """Reads what `export_params` wrote.
-
-  Args:
-    directory: the export folder.
-    name: the export's name.
-    dtype: cast floating leaves to this (None: keep the stored dtype).
-
-  Returns:
-    (tree, manifest): the nested dict of numpy arrays and the manifest.
-  """
-  directory = pathlib.Path(directory)
-  manifest = json.loads((directory / f"{name}.manifest.json").read_text())
-  if manifest.get("format") != EXPORT_FORMAT:
-    raise ValueError(f"{directory}: unknown export format "
-                     f"{manifest.get('format')!r}")
-  files = {}
-  flat = {}
-  try:
-    for key, leaf in manifest["leaves"].items():
-      parts = []
-      for part in leaf["parts"]:
-        if part["file"] not in files:
-          files[part["file"]] = np.load(directory / part["file"],
-                                        allow_pickle=False)
-        parts.append(files[part["file"]][part["entry"]])
-      arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-      is_bf16 = leaf["dtype"] == "bfloat16"
-      if is_bf16:
-        arr = arr.view(ml_dtypes.bfloat16)
-      arr = arr.reshape(leaf["shape"])
-      if dtype is not None and (is_bf16 or
-                                np.issubdtype(arr.dtype, np.floating)):
-        arr = arr.astype(dtype)
-      flat[key] = arr
-  finally:
-    for f in files.values():
-      f.close()
-  return flax.traverse_util.unflatten_dict(flat, sep="/"), manifest
 
 
 # -----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ import numpy as np
 import optax
 
 from toprovar_jax import checkpoints
+from toprovar_jax import weights
 from toprovar_jax.convert import common
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import config as config_lib
@@ -446,7 +447,7 @@ def load_trained(path: str, tok_cfg: config_lib.BSQConfig,
                                     optax.identity()).params})
   for folder in (root / loop.EXPORT_DIR, root):
     if (folder / f"{name}.manifest.json").exists():
-      tree, _ = loop.load_export(folder, name, dtype=np.float32)
+      tree, _ = weights.load_shards(folder, name, dtype=np.float32)
       common.check_against(tree, abstract, context=str(folder))
       return jax.tree.map(jnp.asarray, tree)
   return checkpoints.restore_params(root, abstract, context="tokenizer")
