@@ -8,7 +8,9 @@ warm-up call, each closed by `block_until_ready` (device-synchronised).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 import statistics
 import time
 from typing import Any, Dict, List, Optional
@@ -118,7 +120,8 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   times_dec_only = _time(lambda: decode(vparams, out.latent), runs)
   fl = flops_lib.plan_flops(plan, cfg)
   dense_fl = flops_lib.dense_flops(cfg)
-  prof = profile_summary(run, profile_dir) if profile_dir else None
+  prof = (profile_summary(run, profile_dir, hlo_text=compiled.as_text())
+          if profile_dir else None)
   return {
       "profile": prof,
       "plan": plan.name,
@@ -150,11 +153,14 @@ def peak_memory_gib() -> Optional[float]:
   return None if peak is None else peak / 2**30
 
 
-def profile_summary(fn, logdir: str, top: int = 40) -> Dict[str, Any]:
+def profile_summary(fn, logdir: str, top: int = 40,
+                    hlo_text: Optional[str] = None) -> Dict[str, Any]:
   """Traces one call of `fn` and aggregates device kernel time by name.
 
-  Returns {"device_busy_ms", "wall_ms", "kernels": [(name, ms, count), ...]}
-  so a benchmark can show where time goes without TensorBoard.
+  Returns {"device_busy_ms", "wall_ms", "kernels": [(name, ms, count), ...],
+  "gaps", "scales"} so a benchmark can show where time goes without
+  TensorBoard. With the compiled program's HLO text, "scales" attributes
+  kernels to the sampler's per-scale named scopes (see `scale_timeline`).
   """
   jax.block_until_ready(fn())
   t = time.perf_counter()
@@ -167,23 +173,116 @@ def profile_summary(fn, logdir: str, top: int = 40) -> Dict[str, Any]:
   agg: Dict[str, List[float]] = {}
   busy = 0.0
   layout = [(p.name, [ln.name for ln in p.lines][:12]) for p in data.planes]
-  for plane in data.planes:
-    if not plane.name.startswith("/device:GPU"):
-      continue
-    for line in plane.lines:
-      # One line per stream; skip the aggregated "XLA Ops"/"XLA Modules" views.
-      if "Stream" not in line.name:
-        continue
-      for ev in line.events:
-        ms = ev.duration_ns / 1e6
-        busy += ms
-        a = agg.setdefault(ev.name, [0.0, 0])
-        a[0] += ms
-        a[1] += 1
+  for ev in _device_events(data):
+    ms = (ev[1] - ev[0]) / 1e6
+    busy += ms
+    a = agg.setdefault(ev[2], [0.0, 0])
+    a[0] += ms
+    a[1] += 1
   kernels = sorted(((k, v[0], v[1]) for k, v in agg.items()),
                    key=lambda x: -x[1])[:top]
-  return {"device_busy_ms": busy, "wall_ms": wall * 1e3, "kernels": kernels,
-          "layout": layout, "gaps": _idle_gaps(data)}
+  out = {"device_busy_ms": busy, "wall_ms": wall * 1e3, "kernels": kernels,
+         "layout": layout, "gaps": _idle_gaps(data)}
+  if hlo_text is not None:
+    out["scales"] = scale_timeline(_device_events(data), hlo_scopes(hlo_text))
+  return out
+
+
+def _device_events(data):
+  """(start_ns, end_ns, kernel name, hlo_op or None) of every kernel on a
+  device stream; on a CPU-only trace, of every thunk that names an hlo_op."""
+  gpu = [p for p in data.planes if p.name.startswith("/device:GPU")]
+  out = []
+  for plane in gpu or data.planes:
+    for line in plane.lines:
+      # GPU: one line per stream; skip the aggregated "XLA Ops"/"Modules".
+      if gpu and "Stream" not in line.name:
+        continue
+      for ev in line.events:
+        op = None
+        for k, v in ev.stats:
+          if k == "hlo_op":
+            op = str(v)
+            break
+        if not gpu and op is None:
+          continue
+        out.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name, op))
+  return out
+
+
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=")
+_HLO_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_OP_NAME = re.compile(r"op_name=\"([^\"]*)\"")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_SCALE = re.compile(r"\bscale(\d+)\b")
+
+
+def hlo_scopes(hlo_text: str) -> Dict[str, int]:
+  """Instruction name -> scale index, from the `scaleNN` named scope in the
+  instruction's metadata op_name (the sampler opens one per scale).
+
+  Fusions that XLA created without metadata take the scale of the first
+  instruction with one inside the computation they call.
+  """
+  own, calls, comp_scale = {}, {}, {}
+  comp = None
+  for line in hlo_text.splitlines():
+    if line and not line[0].isspace():
+      m = _HLO_COMP.match(line)
+      comp = m.group(1) if m else None
+      continue
+    m = _HLO_INSTR.match(line)
+    if not m:
+      continue
+    op = _OP_NAME.search(line)
+    sc = _SCALE.search(op.group(1)) if op else None
+    if sc:
+      own[m.group(1)] = int(sc.group(1))
+      if comp is not None:
+        comp_scale.setdefault(comp, int(sc.group(1)))
+    else:
+      c = _CALLS.search(line)
+      if c:
+        calls[m.group(1)] = c.group(1)
+  for name, c in calls.items():
+    if c in comp_scale:
+      own[name] = comp_scale[c]
+  return own
+
+
+def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
+  """Per-scale device time from kernel events attributed by hlo_op.
+
+  Walks the kernels in start order with a frontier (the latest end so far):
+  each kernel's advance of the frontier, idle gap before it included, counts
+  towards its scale's wall time, so the scales' wall_ms (plus the
+  unattributed kernels' share) partition the traced span even where XLA
+  schedules a scale's independent work early. busy_ms sums kernel durations.
+
+  Returns {"per_scale": [{"scale", "wall_ms", "busy_ms", "kernels"}, ...],
+  "unattributed_wall_ms", "unattributed_busy_ms", "unattributed_top"}.
+  """
+  per: Dict[Any, List[float]] = {}
+  unattr = collections.Counter()
+  frontier = None
+  for start, end, name, op in sorted(events):
+    si = scopes.get(op) if op is not None else None
+    if si is None:
+      unattr[name] += (end - start) / 1e6
+    r = per.setdefault(si, [0.0, 0.0, 0])
+    if frontier is None:
+      frontier = start
+    if end > frontier:
+      r[0] += (end - frontier) / 1e6
+      frontier = end
+    r[1] += (end - start) / 1e6
+    r[2] += 1
+  none = per.pop(None, [0.0, 0.0, 0])
+  rows = [{"scale": si, "wall_ms": r[0], "busy_ms": r[1], "kernels": r[2]}
+          for si, r in sorted(per.items())]
+  return {"per_scale": rows, "unattributed_wall_ms": none[0],
+          "unattributed_busy_ms": none[1],
+          "unattributed_top": unattr.most_common(8)}
 
 
 def _idle_gaps(data, top: int = 15) -> Dict[str, Any]:
@@ -192,13 +291,8 @@ def _idle_gaps(data, top: int = 15) -> Dict[str, Any]:
   The biggest gaps, with the kernels around them, show where the device waits
   for the host (while-loop predicates, launches) rather than computing.
   """
-  evs = []
-  for plane in data.planes:
-    if plane.name.startswith("/device:GPU"):
-      for line in plane.lines:
-        if "Stream" in line.name:
-          evs.extend((e.start_ns, e.end_ns, e.name) for e in line.events)
-  evs.sort()
+  evs = sorted((start, end, name) for start, end, name, _ in
+               _device_events(data))
   gaps, end, prev = [], None, None
   for start, stop, name in evs:
     if end is not None and start > end:

@@ -213,208 +213,213 @@ class Sampler:
     prev_entropy, prev_hw = None, None
     tokens, all_logits, entropies = [], [], []
     for si in range(num_gen):
-      sp = plan.scales[si]
-      if guided and not sp.guidance:
-        # SkipVAR branch drop: from here on only the conditional half runs.
-        guided = False
-        half = lambda t: None if t is None else t[:b]
-        x = x[:b]
-        cond = jax.tree.map(half, cond)
-        tkv = None if tkv is None else jax.tree.map(lambda t: t[:, :b], tkv)
-        caches = [(k[:, :b], v[:, :b]) for k, v in caches]
-        prev_entropy = half(prev_entropy)
-        branch_store = jax.tree.map(half, branch_store)
-      rows = 2 * b if guided else b
-      a_tok, e_tok = off[si], off[si + 1]
-      n = e_tok - a_tok
-      hw = cfg.schedule[si]
-      rope = None
-      if rope_cos is not None:
-        rope = (jnp.asarray(rope_cos[a_tok:e_tok]),
-                jnp.asarray(rope_sin[a_tok:e_tok]))
-      runs = layout.runs_at_scale(plan, si,
-                                    split_at_probe=sp.probe_layer is not None)
-      record_branches = si in cache_scales
-      idx = None
-      probe_entropy = None
-      layer_entropy = []
+      # Named per scale so that a profile can attribute kernels to scales
+      # (benchmarking.profile_summary); no effect on the program.
+      with jax.named_scope(f"scale{si:02d}"):
+        sp = plan.scales[si]
+        if guided and not sp.guidance:
+          # SkipVAR branch drop: from here on only the conditional half runs.
+          guided = False
+          half = lambda t: None if t is None else t[:b]
+          x = x[:b]
+          cond = jax.tree.map(half, cond)
+          tkv = None if tkv is None else jax.tree.map(lambda t: t[:, :b], tkv)
+          caches = [(k[:, :b], v[:, :b]) for k, v in caches]
+          prev_entropy = half(prev_entropy)
+          branch_store = jax.tree.map(half, branch_store)
+        rows = 2 * b if guided else b
+        a_tok, e_tok = off[si], off[si + 1]
+        n = e_tok - a_tok
+        hw = cfg.schedule[si]
+        rope = None
+        if rope_cos is not None:
+          rope = (jnp.asarray(rope_cos[a_tok:e_tok]),
+                  jnp.asarray(rope_sin[a_tok:e_tok]))
+        runs = layout.runs_at_scale(plan, si,
+                                      split_at_probe=sp.probe_layer is not None)
+        record_branches = si in cache_scales
+        idx = None
+        probe_entropy = None
+        layer_entropy = []
 
-      def choose(x, sp=sp, hw=hw, n=n):
-        """Kept indices (rows, K) for a kept set chosen once per scale."""
-        if sp.keep == n and sp.scorer == "none":
-          return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (x.shape[0], n))
-        if sp.scorer == "frequency":
-          scores = selection.frequency_scores(x)
-        elif sp.entropy_from == "probe":
-          scores = selection.entropy_keep_scores(probe_entropy)
-        else:
-          scores = selection.entropy_keep_scores(
-              selection.resize_entropy(prev_entropy, prev_hw, hw))
-        return selection.select(scores, sp.keep, share_cfg=sp.share_cfg,
-                                batch=b)
-
-      for run in runs:
-        if run.letter == "X":
-          continue
-        seg = seg_of[run.start]
-        s0 = segments[seg][0]
-        kc, vc = caches[seg]
-        wo = write_off[si][run.start]
-        write = si < num_gen - 1
-        unroll = (run.stop - run.start if self.sampling.layer_unroll == 0
-                  else self.sampling.layer_unroll)
-        is_probe = (sp.probe_layer is not None
-                    and run.start == sp.probe_layer == run.stop - 1)
-        want_entropy = is_probe or self.sampling.record_entropy
-        ctx = ({} if cfg.style == "var" else
-               dict(text_mask=cond.text_mask))
-        # The scan runs over absolute layer indices: each iteration slices its
-        # block's weights (and text K/V) from the full stacks, and reads and
-        # writes its rows of the segment cache, which travels in the carry so
-        # that XLA updates it in place. Scanning over slices of the stacks
-        # instead would copy the run's weights before the loop and the whole
-        # segment cache in and out of it at every scale.
-        lids = jnp.arange(run.start, run.stop, dtype=jnp.int32)
-
-        def layer(l, s0=s0):
-          p = jax.tree.map(
-              lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
-              params["blocks"])
-          t = None if tkv is None else jax.tree.map(
-              lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
-              tkv)
-          return p, t, l - s0
-
-        def kv_in(kc, vc, j, wo=wo):
-          """The block's cache arguments for layer row j."""
-          if buffer:
-            return dict(kv_buffer=layers.KVBuffer(kc, vc, j, wo))
-          if wo == 0:
-            return dict(kv_prefix=None)
-          size = (1,) + kc.shape[1:2] + (wo,) + kc.shape[3:]
-          start = (j, 0, 0, 0, 0)
-          return dict(kv_prefix=(jax.lax.dynamic_slice(kc, start, size)[0],
-                                 jax.lax.dynamic_slice(vc, start, size)[0]))
-
-        def kv_out(kc, vc, j, kv, wo=wo, write=write):
-          """The caches after the block; kv is what the block returned."""
-          if buffer:
-            return kv  # the block already wrote its keys into the caches
-          if not write:
-            return kc, vc
-          k, v = kv
-          at = (j, 0, wo, 0, 0)
-          kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), at)
-          vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), at)
-          return kc, vc
-
-        if run.letter == "F":
-          def body(carry, l, rope=rope, want_entropy=want_entropy, ctx=ctx,
-                   kv_in=kv_in, kv_out=kv_out, layer=layer,
-                   record=record_branches):
-            x, kc, vc = carry
-            p, tkv_l, j = layer(l)
-            out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
-                              text_kv=tkv_l, impl=impl,
-                              return_entropy=want_entropy,
-                              sa_impl=(self.sampling.entropy_impl
-                                       if want_entropy else None),
-                              return_branches=record, **kv_in(kc, vc, j),
-                              **ctx)
-            x, kv = out[0], out[1]
-            return (x, *kv_out(kc, vc, j, kv)), out[2:]
-          (x, kc, vc), extra = jax.lax.scan(body, (x, kc, vc), lids,
-                                            unroll=unroll)
-          extra = list(extra)
-          if want_entropy:
-            ent = extra.pop(0)  # (layers, rows, n)
-            if is_probe:
-              probe_entropy = ent[0]
-            layer_entropy.append((run.start, ent))
-          if record_branches:
-            br = extra.pop(0)  # tuple of (layers, rows, n, C)
-            for j, l in enumerate(range(run.start, run.stop)):
-              branch_store.setdefault(si, {})[l] = tuple(t[j] for t in br)
-        else:  # "S"
-          if idx is None and sp.select == "scale":
-            idx = choose(x)
-          if sp.select == "scale" and sp.restore == "passthrough":
-            # Gather once for the whole run; pruned tokens pass unchanged.
-            xk = layers.gather_tokens(x, idx)
-            rope_k = layers.gather_rope(rope, idx)
-
-            def body(carry, l, rope_k=rope_k, ctx=ctx, kv_in=kv_in,
-                     kv_out=kv_out, layer=layer):
-              xk, kc, vc = carry
-              p, tkv_l, j = layer(l)
-              xk, kv = block.apply({"params": p}, xk, cond.ada_in,
-                                   rope=rope_k, text_kv=tkv_l, impl=impl,
-                                   **kv_in(kc, vc, j), **ctx)
-              return (xk, *kv_out(kc, vc, j, kv)), None
-            (xk, kc, vc), _ = jax.lax.scan(body, (xk, kc, vc), lids,
-                                           unroll=unroll)
-            x = layers.scatter_tokens(x, idx, xk, add=False)
+        def choose(x, sp=sp, hw=hw, n=n):
+          """Kept indices (rows, K) for a kept set chosen once per scale."""
+          if sp.keep == n and sp.scorer == "none":
+            return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32),
+                                    (x.shape[0], n))
+          if sp.scorer == "frequency":
+            scores = selection.frequency_scores(x)
+          elif sp.entropy_from == "probe":
+            scores = selection.entropy_keep_scores(probe_entropy)
           else:
-            cached = None
-            if sp.restore == "cached":
-              src = branch_store[sp.cache_from]
-              src_hw = cfg.schedule[sp.cache_from]
-              cached = tuple(
-                  jnp.stack([selection.resize_token_map(src[l][j], src_hw, hw)
-                             for l in range(run.start, run.stop)])
-                  for j in range(len(src[run.start])))
-            select_fn = None
-            if idx is None:
-              select_fn = lambda x, sp=sp: selection.select(
-                  selection.frequency_scores(x), sp.keep,
-                  share_cfg=sp.share_cfg, batch=b)
+            scores = selection.entropy_keep_scores(
+                selection.resize_entropy(prev_entropy, prev_hw, hw))
+          return selection.select(scores, sp.keep, share_cfg=sp.share_cfg,
+                                  batch=b)
 
-            def body(carry, xs, idx=idx, select_fn=select_fn, rope=rope,
-                     ctx=ctx, kv_in=kv_in, kv_out=kv_out, layer=layer):
+        for run in runs:
+          if run.letter == "X":
+            continue
+          seg = seg_of[run.start]
+          s0 = segments[seg][0]
+          kc, vc = caches[seg]
+          wo = write_off[si][run.start]
+          write = si < num_gen - 1
+          unroll = (run.stop - run.start if self.sampling.layer_unroll == 0
+                    else self.sampling.layer_unroll)
+          is_probe = (sp.probe_layer is not None
+                      and run.start == sp.probe_layer == run.stop - 1)
+          want_entropy = is_probe or self.sampling.record_entropy
+          ctx = ({} if cfg.style == "var" else
+                 dict(text_mask=cond.text_mask))
+          # The scan runs over absolute layer indices: each iteration slices its
+          # block's weights (and text K/V) from the full stacks, and reads and
+          # writes its rows of the segment cache, which travels in the carry so
+          # that XLA updates it in place. Scanning over slices of the stacks
+          # instead would copy the run's weights before the loop and the whole
+          # segment cache in and out of it at every scale.
+          lids = jnp.arange(run.start, run.stop, dtype=jnp.int32)
+
+          def layer(l, s0=s0):
+            p = jax.tree.map(
+                lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
+                params["blocks"])
+            t = None if tkv is None else jax.tree.map(
+                lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
+                tkv)
+            return p, t, l - s0
+
+          def kv_in(kc, vc, j, wo=wo):
+            """The block's cache arguments for layer row j."""
+            if buffer:
+              return dict(kv_buffer=layers.KVBuffer(kc, vc, j, wo))
+            if wo == 0:
+              return dict(kv_prefix=None)
+            size = (1,) + kc.shape[1:2] + (wo,) + kc.shape[3:]
+            start = (j, 0, 0, 0, 0)
+            return dict(kv_prefix=(jax.lax.dynamic_slice(kc, start, size)[0],
+                                   jax.lax.dynamic_slice(vc, start, size)[0]))
+
+          def kv_out(kc, vc, j, kv, wo=wo, write=write):
+            """The caches after the block; kv is what the block returned."""
+            if buffer:
+              return kv  # the block already wrote its keys into the caches
+            if not write:
+              return kc, vc
+            k, v = kv
+            at = (j, 0, wo, 0, 0)
+            kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), at)
+            vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), at)
+            return kc, vc
+
+          if run.letter == "F":
+            def body(carry, l, rope=rope, want_entropy=want_entropy, ctx=ctx,
+                     kv_in=kv_in, kv_out=kv_out, layer=layer,
+                     record=record_branches):
               x, kc, vc = carry
-              l, cached_l = xs
               p, tkv_l, j = layer(l)
-              x, kv = block.apply(
-                  {"params": p}, x, cond.ada_in, idx=idx, select_fn=select_fn,
-                  rope=rope, text_kv=tkv_l, cached=cached_l, impl=impl,
-                  method=layers.Block.sparse, **kv_in(kc, vc, j), **ctx)
-              return (x, *kv_out(kc, vc, j, kv)), None
-            (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (lids, cached),
-                                          unroll=unroll)
-        caches[seg] = (kc, vc)
+              out = block.apply({"params": p}, x, cond.ada_in, rope=rope,
+                                text_kv=tkv_l, impl=impl,
+                                return_entropy=want_entropy,
+                                sa_impl=(self.sampling.entropy_impl
+                                         if want_entropy else None),
+                                return_branches=record, **kv_in(kc, vc, j),
+                                **ctx)
+              x, kv = out[0], out[1]
+              return (x, *kv_out(kc, vc, j, kv)), out[2:]
+            (x, kc, vc), extra = jax.lax.scan(body, (x, kc, vc), lids,
+                                              unroll=unroll)
+            extra = list(extra)
+            if want_entropy:
+              ent = extra.pop(0)  # (layers, rows, n)
+              if is_probe:
+                probe_entropy = ent[0]
+              layer_entropy.append((run.start, ent))
+            if record_branches:
+              br = extra.pop(0)  # tuple of (layers, rows, n, C)
+              for j, l in enumerate(range(run.start, run.stop)):
+                branch_store.setdefault(si, {})[l] = tuple(t[j] for t in br)
+          else:  # "S"
+            if idx is None and sp.select == "scale":
+              idx = choose(x)
+            if sp.select == "scale" and sp.restore == "passthrough":
+              # Gather once for the whole run; pruned tokens pass unchanged.
+              xk = layers.gather_tokens(x, idx)
+              rope_k = layers.gather_rope(rope, idx)
 
-      if probe_entropy is not None:
-        prev_entropy, prev_hw = probe_entropy, hw
-      if self.sampling.record_entropy:
-        entropies.append(_assemble_entropy(layer_entropy, cfg.depth, b, n))
+              def body(carry, l, rope_k=rope_k, ctx=ctx, kv_in=kv_in,
+                       kv_out=kv_out, layer=layer):
+                xk, kc, vc = carry
+                p, tkv_l, j = layer(l)
+                xk, kv = block.apply({"params": p}, xk, cond.ada_in,
+                                     rope=rope_k, text_kv=tkv_l, impl=impl,
+                                     **kv_in(kc, vc, j), **ctx)
+                return (xk, *kv_out(kc, vc, j, kv)), None
+              (xk, kc, vc), _ = jax.lax.scan(body, (xk, kc, vc), lids,
+                                             unroll=unroll)
+              x = layers.scatter_tokens(x, idx, xk, add=False)
+            else:
+              cached = None
+              if sp.restore == "cached":
+                src = branch_store[sp.cache_from]
+                src_hw = cfg.schedule[sp.cache_from]
+                cached = tuple(
+                    jnp.stack([selection.resize_token_map(src[l][j], src_hw, hw)
+                               for l in range(run.start, run.stop)])
+                    for j in range(len(src[run.start])))
+              select_fn = None
+              if idx is None:
+                select_fn = lambda x, sp=sp: selection.select(
+                    selection.frequency_scores(x), sp.keep,
+                    share_cfg=sp.share_cfg, batch=b)
 
-      logits = stem.apply(sp_stem, x, cond.cond, method=transformer.Stem.logits)
-      logits = logits.astype(jnp.float32)
-      if cfg.style == "var":
-        guided_logits = (strategies.guide_var(logits, cfg_scale, si,
-                                              cfg.num_scales)
-                         if guided else logits)
-        choice = strategies.sample(jax.random.fold_in(rng, si), guided_logits,
-                                   top_k=self.sampling.top_k,
-                                   top_p=self.sampling.top_p)
-      else:
-        guided_logits = (strategies.guide_infinity(logits, cfg_scale, tau)
-                         if guided else logits / tau)
-        pairs = guided_logits.reshape(b, n, cfg.latent_dim, 2)
-        choice = strategies.sample(jax.random.fold_in(rng, si), pairs,
-                                   top_k=min(self.sampling.top_k, 2),
-                                   top_p=self.sampling.top_p)
-      if forced is not None:
-        choice = forced[:, a_tok:e_tok].astype(jnp.int32)
-      tokens.append(choice)
-      if self.sampling.return_logits:
-        all_logits.append(guided_logits)
-      latent = acc.add(vae_params, latent, choice, si)
-      if si < num_gen - 1:
-        feat = acc.next_input(vae_params, latent, si + 1)
-        x = stem.apply(sp_stem, feat, si + 1, method=transformer.Stem.embed)
-        if guided:
-          x = jnp.concatenate([x, x], axis=0)
+              def body(carry, xs, idx=idx, select_fn=select_fn, rope=rope,
+                       ctx=ctx, kv_in=kv_in, kv_out=kv_out, layer=layer):
+                x, kc, vc = carry
+                l, cached_l = xs
+                p, tkv_l, j = layer(l)
+                x, kv = block.apply(
+                    {"params": p}, x, cond.ada_in, idx=idx, select_fn=select_fn,
+                    rope=rope, text_kv=tkv_l, cached=cached_l, impl=impl,
+                    method=layers.Block.sparse, **kv_in(kc, vc, j), **ctx)
+                return (x, *kv_out(kc, vc, j, kv)), None
+              (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (lids, cached),
+                                            unroll=unroll)
+          caches[seg] = (kc, vc)
+
+        if probe_entropy is not None:
+          prev_entropy, prev_hw = probe_entropy, hw
+        if self.sampling.record_entropy:
+          entropies.append(_assemble_entropy(layer_entropy, cfg.depth, b, n))
+
+        logits = stem.apply(sp_stem, x, cond.cond,
+                            method=transformer.Stem.logits)
+        logits = logits.astype(jnp.float32)
+        if cfg.style == "var":
+          guided_logits = (strategies.guide_var(logits, cfg_scale, si,
+                                                cfg.num_scales)
+                           if guided else logits)
+          choice = strategies.sample(jax.random.fold_in(rng, si), guided_logits,
+                                     top_k=self.sampling.top_k,
+                                     top_p=self.sampling.top_p)
+        else:
+          guided_logits = (strategies.guide_infinity(logits, cfg_scale, tau)
+                           if guided else logits / tau)
+          pairs = guided_logits.reshape(b, n, cfg.latent_dim, 2)
+          choice = strategies.sample(jax.random.fold_in(rng, si), pairs,
+                                     top_k=min(self.sampling.top_k, 2),
+                                     top_p=self.sampling.top_p)
+        if forced is not None:
+          choice = forced[:, a_tok:e_tok].astype(jnp.int32)
+        tokens.append(choice)
+        if self.sampling.return_logits:
+          all_logits.append(guided_logits)
+        latent = acc.add(vae_params, latent, choice, si)
+        if si < num_gen - 1:
+          feat = acc.next_input(vae_params, latent, si + 1)
+          x = stem.apply(sp_stem, feat, si + 1, method=transformer.Stem.embed)
+          if guided:
+            x = jnp.concatenate([x, x], axis=0)
 
     toks = jnp.concatenate(tokens, axis=1)
     if cfg.style == "infinity":
