@@ -37,6 +37,8 @@ _ATTN = flags.DEFINE_string("attn_impl", "cudnn", "Attention implementation.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _PROFILE = flags.DEFINE_bool("profile", False,
                              "Also trace one call per plan: top kernels.")
+_DUMP_HLO = flags.DEFINE_bool("dump_hlo", False,
+                              "Write each plan's optimised HLO (hlo_N.txt.gz).")
 
 
 def _plan(spec, cfg):
@@ -87,7 +89,10 @@ def main(argv):
                                   plan, runs=_RUNS.value,
                                   entropy_impl=entropy_impl,
                                   layer_unroll=unroll, kv_read=kv_read,
-                                  profile_dir=trace)
+                                  profile_dir=trace,
+                                  hlo_path=(os.path.join(
+                                      _OUT.value, f"hlo_{len(rows)}.txt.gz")
+                                            if _DUMP_HLO.value else None))
     except Exception as e:  # pylint: disable=broad-except
       # One failing plan (e.g. a kernel this jax lacks) must not lose the
       # measurements of the others.

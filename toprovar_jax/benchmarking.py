@@ -91,8 +91,13 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                plan: plan_lib.SparsityPlan, *, runs: int = 7,
                entropy_impl: Optional[str] = None, layer_unroll: int = 1,
                kv_read: str = "slice",
-               profile_dir: Optional[str] = None) -> Dict[str, Any]:
-  """Times one plan: transformer only, and transformer + decode."""
+               profile_dir: Optional[str] = None,
+               hlo_path: Optional[str] = None) -> Dict[str, Any]:
+  """Times one plan: transformer only, and transformer + decode.
+
+  With `hlo_path`, also writes the optimised HLO of the generation program
+  there, gzip-compressed (to read what XLA made of a scale's layer loop).
+  """
   smp = sampler_lib.Sampler(
       model=cfg, tokenizer=tok, plan=plan,
       sampling=sampler_lib.SamplingConfig(
@@ -109,6 +114,10 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       *args, cond.get("labels"), cond.get("text"), cond.get("text_mask"),
       None).compile()
   compile_s = time.perf_counter() - t
+  if hlo_path:
+    import gzip
+    with gzip.open(hlo_path, "wt") as f:
+      f.write(compiled.as_text())
   run = lambda: compiled(*args, cond.get("labels"), cond.get("text"),
                          cond.get("text_mask"), None)
   decode = jax.jit(lambda vp, z: vae_model.apply(vp, z.astype(
@@ -185,7 +194,22 @@ def profile_summary(fn, logdir: str, top: int = 40,
          "layout": layout, "gaps": _idle_gaps(data)}
   if hlo_text is not None:
     out["scales"] = scale_timeline(_device_events(data), hlo_scopes(hlo_text))
+  out["event_stats_sample"] = _stats_sample(data)
   return out
+
+
+def _stats_sample(data, per_line: int = 3) -> List[Any]:
+  """A few events' stats per device line (what the trace offers to attribute
+  kernels with; differs between CPU and GPU and between jax versions)."""
+  out = []
+  for plane in data.planes:
+    if not plane.name.startswith("/device:GPU"):
+      continue
+    for line in plane.lines:
+      for ev in list(line.events)[:per_line]:
+        out.append((line.name, ev.name[:60],
+                    [(k, str(v)[:80]) for k, v in ev.stats][:12]))
+  return out[:40]
 
 
 def _device_events(data):
@@ -201,7 +225,7 @@ def _device_events(data):
       for ev in line.events:
         op = None
         for k, v in ev.stats:
-          if k == "hlo_op":
+          if k in ("hlo_op", "tf_op"):
             op = str(v)
             break
         if not gpu and op is None:
@@ -247,6 +271,8 @@ def hlo_scopes(hlo_text: str) -> Dict[str, int]:
   for name, c in calls.items():
     if c in comp_scale:
       own[name] = comp_scale[c]
+  # GPU kernels of XLA fusions are named after the fusion with "." -> "_".
+  own.update({k.replace(".", "_"): v for k, v in list(own.items())})
   return own
 
 
@@ -259,14 +285,27 @@ def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
   unattributed kernels' share) partition the traced span even where XLA
   schedules a scale's independent work early. busy_ms sums kernel durations.
 
+  A kernel is attributed by its hlo_op stat, else by its own name (XLA
+  fusion kernels), else (library kernels: cuBLAS, cuDNN; graph nodes) to the
+  scale of the kernel before it, counted in "inherited_ms".
+
   Returns {"per_scale": [{"scale", "wall_ms", "busy_ms", "kernels"}, ...],
-  "unattributed_wall_ms", "unattributed_busy_ms", "unattributed_top"}.
+  "unattributed_wall_ms", "unattributed_busy_ms", "unattributed_top",
+  "inherited_ms"}.
   """
   per: Dict[Any, List[float]] = {}
   unattr = collections.Counter()
   frontier = None
+  prev = None
+  inherited = 0.0
   for start, end, name, op in sorted(events):
     si = scopes.get(op) if op is not None else None
+    if si is None:
+      si = scopes.get(name)
+    if si is None and prev is not None:
+      si = prev
+      inherited += (end - start) / 1e6
+    prev = si
     if si is None:
       unattr[name] += (end - start) / 1e6
     r = per.setdefault(si, [0.0, 0.0, 0])
@@ -282,7 +321,7 @@ def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
           for si, r in sorted(per.items())]
   return {"per_scale": rows, "unattributed_wall_ms": none[0],
           "unattributed_busy_ms": none[1],
-          "unattributed_top": unattr.most_common(8)}
+          "unattributed_top": unattr.most_common(8), "inherited_ms": inherited}
 
 
 def _idle_gaps(data, top: int = 15) -> Dict[str, Any]:
