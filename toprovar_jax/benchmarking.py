@@ -223,11 +223,9 @@ def _device_events(data):
       if gpu and "Stream" not in line.name:
         continue
       for ev in line.events:
-        op = None
-        for k, v in ev.stats:
-          if k in ("hlo_op", "tf_op"):
-            op = str(v)
-            break
+        # hlo_op names the instruction; the kernel name does not (XLA reuses
+        # one kernel for identical fusions of different scales).
+        op = next((str(v) for k, v in ev.stats if k == "hlo_op"), None)
         if not gpu and op is None:
           continue
         out.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name, op))

@@ -674,6 +674,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
   """
   if batch_size < 1:
     _fail("sampling.batch_size", f"must be >= 1, got {batch_size}")
+  if conditions.text_mask is not None:
+    sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
   num_batches = -(-n // batch_size)
   # Row -> sample index; padding rows repeat the last sample.

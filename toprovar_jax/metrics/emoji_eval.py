@@ -282,6 +282,7 @@ def generate(models: Models, text: np.ndarray, text_mask: np.ndarray, *,
     cond = dict(text=jnp.asarray(text[r]), text_mask=jnp.asarray(text_mask[r]))
     return (models.params, None, jax.random.fold_in(key, j)) + scalars, cond
 
+  sampler_lib.check_text_mask(np.asarray(text_mask))
   t0 = time.perf_counter()
   a, kw = args(0)
   compiled = type(sampler).generate.lower(sampler, *a, **kw).compile()

@@ -184,11 +184,13 @@ class SelfAttention(nn.Module):
     """
     b, n, c = x.shape
     h, d = self.cfg.num_heads, self.cfg.head_dim
-    bias = jnp.concatenate([self.q_bias, jnp.zeros_like(self.q_bias),
-                            self.v_bias])
-    qkv = self.mat_qkv(x) + bias.astype(self.dtype)
-    qkv = qkv.reshape(b, n, 3, h, d)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    qkv = self.mat_qkv(x).reshape(b, n, 3, h, d)
+    # The biases [q_bias, 0, v_bias] added per part rather than as one
+    # concatenated vector: the same sums, without a concat kernel per layer
+    # (the adds fuse into the normalisation and the cache write).
+    q = qkv[:, :, 0] + self.q_bias.astype(self.dtype).reshape(h, d)
+    k = qkv[:, :, 1]
+    v = qkv[:, :, 2] + self.v_bias.astype(self.dtype).reshape(h, d)
     scale = jnp.exp(jnp.minimum(self.scale_mul, _MAX_SCALE_MUL))
     q = l2_normalize(q.astype(jnp.float32)) * scale[:, None]
     k = l2_normalize(k.astype(jnp.float32))
@@ -271,14 +273,22 @@ class CrossAttention(nn.Module):
     kv = (self.mat_kv(text) + bias.astype(self.dtype)).reshape(b, t, 2, h, d)
     return kv[:, :, 0], kv[:, :, 1]
 
-  def __call__(self, x: Array, text_kv: KV, text_mask: Array,
-               impl: str = "xla") -> Array:
+  def __call__(self, x: Array, text_kv: KV, text_mask: Optional[Array] = None,
+               impl: str = "xla",
+               text_lengths: Optional[Array] = None) -> Array:
+    """x (B, N, C) attends to the text keys.
+
+    The valid text tokens are given by text_mask (B, T) bool, or by
+    text_lengths (B,) int (the first text_lengths[b] tokens: the official
+    varlen form, which cuDNN takes without building a mask).
+    """
     b, n, _ = x.shape
     h, d = self.cfg.num_heads, self.cfg.head_dim
     q = self.mat_q(x).reshape(b, n, h, d)
     k, v = text_kv
     o = attention_ops.attention(q, k.astype(q.dtype), v.astype(q.dtype),
                                 scale=1.0 / math.sqrt(d), key_mask=text_mask,
+                                key_lengths=text_lengths,
                                 implementation=impl)
     return self.proj(o.reshape(b, n, -1))
 
@@ -337,6 +347,7 @@ class Block(nn.Module):
                kv_buffer: Optional[KVBuffer] = None,
                mask: Optional[Array] = None,
                text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
+               text_lengths: Optional[Array] = None,
                impl: str = "xla", return_entropy: bool = False,
                return_branches: bool = False, sa_impl: Optional[str] = None):
     """Dense block on all N tokens.
@@ -347,7 +358,8 @@ class Block(nn.Module):
       rope, kv_prefix, kv_buffer, mask, impl, return_entropy: see
         SelfAttention.
       text_kv: per-block text (k, v) (Infinity), from `text_kv`.
-      text_mask: (B, T) bool, True = real text token.
+      text_mask: (B, T) bool, True = real text token; or instead
+      text_lengths: (B,) int, the first text_lengths[b] tokens are real.
       sa_impl: self-attention implementation if not `impl` (e.g. the FAE
         kernel in a probe layer while cross-attention stays on cuDNN).
       return_branches: also return the branch outputs (γ1·SA, [CA,] γ2·FFN),
@@ -367,7 +379,8 @@ class Block(nn.Module):
     x = x + branches[-1]
     if self.cfg.style == "infinity":
       branches.append(self.ca(self.ca_norm(x).astype(self.dtype), text_kv,
-                              text_mask, impl=impl).astype(jnp.float32))
+                              text_mask, impl=impl,
+                              text_lengths=text_lengths).astype(jnp.float32))
       x = x + branches[-1]
     h = layer_norm(x, eps) * (1.0 + s2) + b2
     branches.append(self.ffn(h.astype(self.dtype)).astype(jnp.float32) * g2)
@@ -383,6 +396,7 @@ class Block(nn.Module):
              select_fn=None, rope=None, kv_prefix: Optional[KV] = None,
              kv_buffer: Optional[KVBuffer] = None,
              text_kv: Optional[KV] = None, text_mask: Optional[Array] = None,
+             text_lengths: Optional[Array] = None,
              cached: Optional[Tuple[Array, ...]] = None, impl: str = "xla"):
     """The block on K kept tokens of the full stream x (an "S" layer).
 
@@ -405,7 +419,7 @@ class Block(nn.Module):
       kv_buffer: instead of kv_prefix, the segment cache (see SelfAttention):
         the K kept tokens' keys are written at its offset P first, then they
         attend over the row's first P + K keys.
-      text_kv, text_mask: cross-attention context (Infinity).
+      text_kv, text_mask / text_lengths: cross-attention context (Infinity).
       cached: per-branch outputs (B, N, C) resized to this scale, or None.
       impl: attention implementation.
     Returns:
@@ -431,7 +445,7 @@ class Block(nn.Module):
     if self.cfg.style == "infinity":
       i = pick(x)
       c = self.ca(self.ca_norm(gather_tokens(x, i)).astype(self.dtype),
-                  text_kv, text_mask, impl=impl)
+                  text_kv, text_mask, impl=impl, text_lengths=text_lengths)
       x = restore(x, i, c.astype(jnp.float32), n)
       n += 1
     i = pick(x)

@@ -29,8 +29,11 @@ computes it exactly (no sampling, no approximation):
   running accumulator next to the flash-attention ones.
 
 Masks: `mask` bool (Nq, Nk) or (B|1, H|1, Nq, Nk), `key_mask` bool (B, Nk),
-True = attend. A query with no valid key gets output 0 and entropy 0 in
-every implementation (never NaN); masked keys must hold finite values.
+True = attend; or `key_lengths` (B,) int, the prefix form of a key mask
+(keys j < key_lengths[b] valid: padded text), which cuDNN takes as its padding
+mask without a bias tensor. A query with no valid key gets output 0 and
+entropy 0 in every implementation (never NaN); masked keys must hold finite
+values.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def attention(
     query_chunk: int | None = None,
     kv_len: int | None = None,
     block_sizes: tuple[int, int] | None = None,
+    key_lengths: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Multi-head softmax attention, optionally with per-query entropy.
 
@@ -96,6 +100,11 @@ def attention(
       passing the truncated keys, no wasted logits). Masks still span all Nk
       columns.
     block_sizes: 'pallas' only: (block_q, block_k) powers of two ≥ 16.
+    key_lengths: optional (B,) int (traced): only keys j < key_lengths[b] are
+      valid in row b, i.e. key_mask = arange(Nk) < key_lengths[:, None]
+      (the official code's varlen text lengths). Not with key_mask. 'cudnn'
+      passes it as `key_value_seq_lengths` (no (B, ·, Nq, Nk) bias is built);
+      the others build the key mask.
 
   Returns:
     out (B, Nq, H, Dv) in q.dtype; with `return_entropy`, also
@@ -108,6 +117,12 @@ def attention(
       returns the logsumexp is missing from this jax.
   """
   mask, key_mask = _check_inputs(q, k, v, mask, key_mask)
+  if key_lengths is not None:
+    if key_mask is not None:
+      raise ValueError('pass key_mask or key_lengths, not both.')
+    if key_lengths.shape != (q.shape[0],):
+      raise ValueError(f'key_lengths must be (B,) = ({q.shape[0]},); got '
+                       f'{key_lengths.shape}.')
   if kv_len is not None and not 0 < kv_len <= k.shape[1]:
     raise ValueError(f'kv_len={kv_len} must be in [1, {k.shape[1]}].')
   if implementation not in _IMPLEMENTATIONS:
@@ -115,6 +130,10 @@ def attention(
                      f'got {implementation!r}.')
   if implementation == 'auto':
     implementation = _auto_implementation(q, return_entropy)
+
+  if key_lengths is not None and implementation != 'cudnn':
+    key_mask = jnp.arange(k.shape[1])[None] < key_lengths[:, None]
+    key_lengths = None
 
   if implementation == 'pallas':
     if block_sizes is None:
@@ -134,7 +153,7 @@ def attention(
   if implementation == 'cudnn':
     out, entropy = _cudnn_attention(q, k, v, mask, key_mask, scale=scale,
                                     return_entropy=return_entropy,
-                                    kv_len=kv_len)
+                                    kv_len=kv_len, key_lengths=key_lengths)
   else:
     if kv_len is not None:
       # A static slice rather than a mask: exact, indifferent to what the
@@ -353,13 +372,18 @@ def _cudnn_fused_attention(with_lengths: bool = False):
 
 
 def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy,
-                     kv_len=None):
+                     kv_len=None, key_lengths=None):
   """cuDNN flash attention; entropy via values [V | K] and the logsumexp.
 
-  kv_len (static, < Nk, or None) becomes cuDNN's padding mask: every batch
-  row has kv_len valid keys and all Nq queries valid.
+  kv_len (static, < Nk, or None) and key_lengths ((B,) traced, or None)
+  become cuDNN's padding mask: row b has min(kv_len, key_lengths[b]) valid
+  keys and all Nq queries valid.
   """
   batch, num_queries, num_heads, _ = q.shape
+  if key_lengths is not None and mask is not None:
+    # cuDNN's bias and padding mask together: keep one mechanism (the bias).
+    key_mask = jnp.arange(k.shape[1])[None] < key_lengths[:, None]
+    key_lengths = None
   valid = _combine_masks(mask, key_mask)
   if valid is not None:
     # cuDNN takes the mask as a bias of full (·, ·, Nq, Nk) extent.
@@ -367,19 +391,27 @@ def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy,
         valid, (valid.shape[0], valid.shape[1], num_queries, k.shape[1]))
   # Which queries have a valid key (for the empty-row rules below).
   valid_used = valid
+  kv_seqlen = None
   if kv_len is not None:
     kv_seqlen = jnp.full((batch,), kv_len, jnp.int32)
     if valid is not None:
       valid_used = valid[..., :kv_len]
+  if key_lengths is not None:
+    key_lengths = key_lengths.astype(jnp.int32)
+    kv_seqlen = (key_lengths if kv_seqlen is None
+                 else jnp.minimum(kv_seqlen, key_lengths))
+    # Rows with no valid key: (B, 1, 1, 1) against (B, Nq, H, D) outputs.
+    valid_used = (kv_seqlen > 0)[:, None, None, None]
   if not return_entropy:
-    lengths = {} if kv_len is None else dict(key_value_seq_lengths=kv_seqlen)
+    lengths = ({} if kv_seqlen is None
+               else dict(key_value_seq_lengths=kv_seqlen))
     out = jax.nn.dot_product_attention(q, k, v, mask=valid, scale=scale,
                                        implementation='cudnn', **lengths)
-    return _zero_empty_rows(out, valid_used), None
+    return _zero_empty_rows(out, valid_used, key_lengths is not None), None
 
-  fn, mask_types = _cudnn_fused_attention(with_lengths=kv_len is not None)
+  fn, mask_types = _cudnn_fused_attention(with_lengths=kv_seqlen is not None)
   lengths = {}
-  if kv_len is not None:
+  if kv_seqlen is not None:
     # As jax.nn.dot_product_attention does for key_value_seq_lengths.
     lengths = dict(q_seqlen=jnp.full((batch,), num_queries, jnp.int32),
                    kv_seqlen=kv_seqlen, mask_type=mask_types.PADDING)
@@ -406,14 +438,22 @@ def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy,
   # a huge negative bias, i.e. weight 0).
   entropy = lse.astype(jnp.float32) - s_bar  # (B, H, Nq)
   if valid_used is not None:
-    has_key = jnp.broadcast_to(jnp.any(valid_used, axis=-1), entropy.shape)
-    entropy = jnp.where(has_key, entropy, 0.0)
-  return _zero_empty_rows(out, valid_used), jnp.mean(entropy, axis=1)
+    has_key = (valid_used[:, :, 0, 0, None] if key_lengths is not None
+               else jnp.any(valid_used, axis=-1))  # (B, 1, 1) | (B, H|1, Nq)
+    entropy = jnp.where(jnp.broadcast_to(has_key, entropy.shape), entropy,
+                        0.0)
+  return _zero_empty_rows(out, valid_used, key_lengths is not None), jnp.mean(
+      entropy, axis=1)
 
 
-def _zero_empty_rows(out, valid):
-  """Output 0 for queries with no valid key (cuDNN averages the masked)."""
+def _zero_empty_rows(out, valid, per_row: bool = False):
+  """Output 0 for queries with no valid key (cuDNN averages the masked).
+
+  valid: a (B|1, H|1, Nq, Nk) mask, or with `per_row` a (B, 1, 1, 1) flag.
+  """
   if valid is None:
     return out
+  if per_row:
+    return jnp.where(valid, out, jnp.zeros((), out.dtype))
   has_key = jnp.transpose(jnp.any(valid, axis=-1), (0, 2, 1))[..., None]
   return jnp.where(has_key, out, jnp.zeros((), out.dtype))

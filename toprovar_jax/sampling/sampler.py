@@ -155,6 +155,10 @@ class Sampler:
         VAR (B, L) int; Infinity (B, L, d) bits.
     Returns:
       Generation.
+
+    Every text_mask row must be a prefix (real tokens first, then padding):
+    cross-attention takes each row's valid text as a length, as the official
+    varlen code does. Host-side callers check it with `check_text_mask`.
     """
     return self._generate(params, vae_params, rng, cfg_scale, tau, labels,
                           text, text_mask, forced)
@@ -176,7 +180,7 @@ class Sampler:
       b = labels.shape[0]
       lab2 = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)])
       cond = stem.apply(sp_stem, labels=lab2, method=transformer.Stem.condition)
-      tkv = None
+      tkv = text_lengths = None
     else:
       b = text.shape[0]
       unc = stem.apply(sp_stem, text_mask, method=transformer.Stem.uncond_text)
@@ -184,6 +188,9 @@ class Sampler:
                         text_mask=jnp.concatenate([text_mask, text_mask]),
                         method=transformer.Stem.condition)
       tkv = transformer.text_kv_all(params, cfg, cond.text.astype(dtype), dtype)
+      # Cross-attention takes the valid text as per-row lengths (the
+      # official varlen form; cuDNN's padding mask, no bias tensor).
+      text_lengths = jnp.sum(cond.text_mask, axis=1, dtype=jnp.int32)
       rope_cos, rope_sin = layers.rope_tables(
           layers.rope_positions(cfg), cfg.head_dim, cfg.rope_base)
 
@@ -224,6 +231,7 @@ class Sampler:
           x = x[:b]
           cond = jax.tree.map(half, cond)
           tkv = None if tkv is None else jax.tree.map(lambda t: t[:, :b], tkv)
+          text_lengths = half(text_lengths)
           caches = [(k[:, :b], v[:, :b]) for k, v in caches]
           prev_entropy = half(prev_entropy)
           branch_store = jax.tree.map(half, branch_store)
@@ -270,8 +278,7 @@ class Sampler:
           is_probe = (sp.probe_layer is not None
                       and run.start == sp.probe_layer == run.stop - 1)
           want_entropy = is_probe or self.sampling.record_entropy
-          ctx = ({} if cfg.style == "var" else
-                 dict(text_mask=cond.text_mask))
+          ctx = {} if text_lengths is None else dict(text_lengths=text_lengths)
           # The scan runs over absolute layer indices: each iteration slices its
           # block's weights (and text K/V) from the full stacks, and reads and
           # writes its rows of the segment cache, which travels in the carry so
@@ -427,6 +434,22 @@ class Sampler:
     lg = jnp.concatenate(all_logits, axis=1) if all_logits else None
     return Generation(tokens=toks, latent=latent, logits=lg,
                       entropy=tuple(entropies) if entropies else None)
+
+
+def check_text_mask(text_mask: np.ndarray) -> None:
+  """Raises ValueError unless every row of the (B, T) bool mask is a prefix
+  (True for the real tokens, then False for the padding)."""
+  if text_mask.ndim != 2 or text_mask.dtype != np.bool_:
+    raise ValueError("text_mask must be a (B, T) bool array, got "
+                     f"{text_mask.dtype} {text_mask.shape}")
+  lengths = text_mask.sum(axis=1)
+  prefix = np.arange(text_mask.shape[1])[None] < lengths[:, None]
+  bad = np.flatnonzero(np.any(text_mask != prefix, axis=1))
+  if bad.size:
+    raise ValueError(
+        f"text_mask row {int(bad[0])} is not a prefix mask (real tokens "
+        "first, then padding); the sampler passes each row's text to "
+        "cross-attention as a length, as the official varlen code does")
 
 
 def _assemble_entropy(parts, depth: int, b: int, n: int) -> Array:
