@@ -8,8 +8,9 @@ JSON path; append '@pallas' / '@cudnn' to choose the entropy kernel of probe
 layers, '#uN' to unroll N layers per scan step (0 = all),
 '~frequency' to swap an entropy plan's scorer for the free
 FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check), and
-a final '%buffer' to read the KV cache in place (SamplingConfig.kv_read),
-e.g. 'dense@cudnn#u1%buffer'.
+'%buffer' to read the KV cache in place (SamplingConfig.kv_read), and a
+final '^N' to unroll the runs of layers that see at most N tokens per row
+(SamplingConfig.unroll_tokens), e.g. 'dense@cudnn#u1%buffer^1024'.
 Writes `results.json` and `benchmarks.md` (a section for BENCHMARKS.md) into
 --out. Needs no ml_collections (the GPU machine has none).
 """
@@ -42,6 +43,7 @@ _DUMP_HLO = flags.DEFINE_bool("dump_hlo", False,
 
 
 def _plan(spec, cfg):
+  spec, _, unroll_tokens = spec.partition("^")
   spec, _, kv_read = spec.partition("%")
   spec, _, unroll = spec.partition("#u")
   name, _, scorer = spec.partition("~")
@@ -55,17 +57,21 @@ def _plan(spec, cfg):
                                scales=scales)
     plan = plan_lib.validate_plan(plan, cfg)
   return (plan, entropy_impl or None, int(unroll) if unroll else 1,
-          kv_read or "slice")
+          kv_read or "slice", int(unroll_tokens) if unroll_tokens else 0)
 
 
 # Measured on the H200 (BENCHMARKS.md): XLA runs every while-loop iteration
 # (our lax.scan over layers) with a device->host copy of its predicate, which
 # left the GPU idle for most of a sparse plan's wall time; CUDA-graph command
 # buffers for WHILE / CONDITIONAL remove part of that (dense 0.415 -> 0.386 s,
-# paper plan 0.377 -> 0.294 s). Only set when the user did not choose flags.
+# paper plan 0.377 -> 0.294 s). cuBLAS rather than Triton GEMMs: the small
+# GEMMs of the small scales then take their bias in the epilogue instead of
+# a split-K reduction plus a bias kernel (dense 0.297 -> 0.291 s, paper plan
+# 0.161 -> 0.159 s). Only set when the user did not choose flags.
 _GPU_XLA_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,"
                   "CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL "
-                  "--xla_gpu_graph_min_graph_size=1")
+                  "--xla_gpu_graph_min_graph_size=1 "
+                  "--xla_gpu_enable_triton_gemm=false")
 
 
 def main(argv):
@@ -81,7 +87,7 @@ def main(argv):
   cond = benchmarking.conditioning(cfg, setup)
   rows, errors = [], {}
   for spec in _PLANS.value:
-    plan, entropy_impl, unroll, kv_read = _plan(spec, cfg)
+    plan, entropy_impl, unroll, kv_read, unroll_tokens = _plan(spec, cfg)
     trace = (os.path.join(_OUT.value, "trace", str(len(rows)))
              if _PROFILE.value else None)
     try:
@@ -89,6 +95,7 @@ def main(argv):
                                   plan, runs=_RUNS.value,
                                   entropy_impl=entropy_impl,
                                   layer_unroll=unroll, kv_read=kv_read,
+                                  unroll_tokens=unroll_tokens,
                                   profile_dir=trace,
                                   hlo_path=(os.path.join(
                                       _OUT.value, f"hlo_{len(rows)}.txt.gz")
@@ -111,7 +118,8 @@ def main(argv):
 
 def _write(setup, rows, errors):
   dense = next((r for r in rows if r["plan"] == "dense"
-                and r.get("kv_read", "slice") == "slice"), None)
+                and r.get("kv_read", "slice") == "slice"
+                and not r.get("unroll_tokens")), None)
   for r in rows:
     if dense:
       r["measured_speedup"] = dense["transformer_s"] / r["transformer_s"]
@@ -154,8 +162,10 @@ def _markdown(res):
   for r in res["plans"]:
     name = (r["plan"] + (f" @{r['entropy_impl']}" if r["entropy_impl"] else "")
             + f" (unroll {r['layer_unroll']}"
-            + (f", kv {r['kv_read']})" if r.get("kv_read", "slice") != "slice"
-               else ")"))
+            + (f", kv {r['kv_read']}" if r.get("kv_read", "slice") != "slice"
+               else "")
+            + (f", unroll ≤{r['unroll_tokens']} tokens)"
+               if r.get("unroll_tokens") else ")"))
     lines.append(
         f"| {name} | {r['transformer_s']:.4f} | {r['with_decode_s']:.4f} | "
         f"{r['decode_only_s']:.4f} | {r['compile_s']:.1f} | {r['tflop']:.2f} | "

@@ -90,7 +90,7 @@ def _time(fn, runs: int) -> List[float]:
 def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                plan: plan_lib.SparsityPlan, *, runs: int = 7,
                entropy_impl: Optional[str] = None, layer_unroll: int = 1,
-               kv_read: str = "slice",
+               kv_read: str = "slice", unroll_tokens: int = 0,
                profile_dir: Optional[str] = None,
                hlo_path: Optional[str] = None) -> Dict[str, Any]:
   """Times one plan: transformer only, and transformer + decode.
@@ -103,7 +103,8 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       sampling=sampler_lib.SamplingConfig(
           top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
           attn_impl=setup.attn_impl, entropy_impl=entropy_impl,
-          layer_unroll=layer_unroll, kv_read=kv_read))
+          layer_unroll=layer_unroll, kv_read=kv_read,
+          unroll_tokens=unroll_tokens))
   rng = jax.random.key(0)
   g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   tau = jnp.float32(0.5)
@@ -137,6 +138,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       "entropy_impl": entropy_impl,
       "layer_unroll": layer_unroll,
       "kv_read": kv_read,
+      "unroll_tokens": unroll_tokens,
       "compile_s": compile_s,
       "transformer_s": statistics.median(times),
       "transformer_runs_s": times,
@@ -150,10 +152,12 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
 
 def result_key(r: Dict[str, Any]) -> str:
   """'plan@entropy_impl#uN', plus '%kv_read' when not the default "slice"
-  (the spelling `experiments/benchmark.py --plans` takes)."""
+  and '^N' when runs are unrolled (the spelling `experiments/benchmark.py
+  --plans` takes)."""
   key = f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}"
   kv_read = r.get("kv_read", "slice")
-  return key if kv_read == "slice" else f"{key}%{kv_read}"
+  key = key if kv_read == "slice" else f"{key}%{kv_read}"
+  return f"{key}^{r['unroll_tokens']}" if r.get("unroll_tokens") else key
 
 
 def peak_memory_gib() -> Optional[float]:

@@ -71,6 +71,14 @@ class SamplingConfig:
       device->host round trip for its predicate, so unrolling trades compile
       time for latency.
     dtype: compute dtype name of the transformer ("float32" / "bfloat16").
+    unroll_tokens: a run of layers whose blocks see at most this many tokens
+      per row (N_s for F runs, K_s for S runs) is unrolled in Python instead
+      of scanned (0 = scan everything). Unrolled layers read their weights
+      from per-layer copies made once per call and index their caches
+      statically: a scanned layer slices its weights from the stacks by a
+      traced index, which XLA materialises before every GEMM (about 260 MB
+      of copies per Infinity-2B layer, the bulk of a small scale's time).
+      Costs compile time and one extra copy of the block weights.
     kv_read: how a layer reads its KV cache: "slice" (prefix slice + concat
       with the new keys) or "buffer" (write first, attend over the whole
       cache row with a static kv_len; no copy). See the module docstring.
@@ -84,11 +92,14 @@ class SamplingConfig:
   layer_unroll: int = 1
   dtype: str = "float32"
   kv_read: str = "slice"
+  unroll_tokens: int = 0
 
   def __post_init__(self):
     if self.kv_read not in _KV_READS:
       raise ValueError(f"kv_read must be one of {_KV_READS}, "
                        f"got {self.kv_read!r}")
+    if self.unroll_tokens < 0:
+      raise ValueError(f"unroll_tokens must be >= 0, got {self.unroll_tokens}")
 
 
 @flax.struct.dataclass
@@ -130,6 +141,14 @@ class Sampler:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.sampling.dtype)
+
+  def _unrolled(self, run: layout.Run, sp: plan_lib.ScalePlan,
+                n: int) -> bool:
+    """Whether a run of layers is unrolled (SamplingConfig.unroll_tokens)."""
+    if run.letter == "X" or self.sampling.unroll_tokens <= 0:
+      return False
+    tokens = n if run.letter == "F" else sp.keep
+    return tokens <= self.sampling.unroll_tokens
 
   # ---------------------------------------------------------------------------
 
@@ -214,6 +233,24 @@ class Sampler:
     cache_scales = {p.cache_from for p in plan.scales if p.restore == "cached"}
     branch_store: Dict[int, Dict[int, Tuple[Array, ...]]] = {}
 
+    # Per-layer copies of the block weights (and text K/V) for unrolled runs,
+    # made once per call. The barrier keeps XLA from folding the static
+    # slices into every consumer (one more fusion, and one more GEMM
+    # autotuning, per layer and scale).
+    unrolled_any = any(
+        self._unrolled(run, plan.scales[si], cfg.scale_offsets[si + 1]
+                       - cfg.scale_offsets[si])
+        for si in range(num_gen)
+        for run in layout.runs_at_scale(
+            plan, si, split_at_probe=plan.scales[si].probe_layer is not None))
+    layer_params = layer_tkv = None
+    if unrolled_any:
+      layer_params, layer_tkv = jax.lax.optimization_barrier(
+          ([jax.tree.map(lambda t, l=l: t[l], params["blocks"])
+            for l in range(cfg.depth)],
+           None if tkv is None else
+           [jax.tree.map(lambda t, l=l: t[l], tkv) for l in range(cfg.depth)]))
+
     latent = acc.init(b)
     x = cond.x0
     guided = True
@@ -231,6 +268,8 @@ class Sampler:
           x = x[:b]
           cond = jax.tree.map(half, cond)
           tkv = None if tkv is None else jax.tree.map(lambda t: t[:, :b], tkv)
+          layer_tkv = None if layer_tkv is None else jax.tree.map(
+              lambda t: t[:b], layer_tkv)
           text_lengths = half(text_lengths)
           caches = [(k[:, :b], v[:, :b]) for k, v in caches]
           prev_entropy = half(prev_entropy)
@@ -285,9 +324,15 @@ class Sampler:
           # that XLA updates it in place. Scanning over slices of the stacks
           # instead would copy the run's weights before the loop and the whole
           # segment cache in and out of it at every scale.
-          lids = jnp.arange(run.start, run.stop, dtype=jnp.int32)
+          unrolled = self._unrolled(run, sp, n)
+          lids = (list(range(run.start, run.stop)) if unrolled else
+                  jnp.arange(run.start, run.stop, dtype=jnp.int32))
+          run_layers = functools.partial(_run_layers, unroll=unroll)
 
-          def layer(l, s0=s0):
+          def layer(l, s0=s0, layer_tkv=layer_tkv):
+            if isinstance(l, int):  # unrolled: this layer's own copies
+              return (layer_params[l],
+                      None if layer_tkv is None else layer_tkv[l], l - s0)
             p = jax.tree.map(
                 lambda t: jax.lax.dynamic_index_in_dim(t, l, keepdims=False),
                 params["blocks"])
@@ -334,8 +379,7 @@ class Sampler:
                                 **ctx)
               x, kv = out[0], out[1]
               return (x, *kv_out(kc, vc, j, kv)), out[2:]
-            (x, kc, vc), extra = jax.lax.scan(body, (x, kc, vc), lids,
-                                              unroll=unroll)
+            (x, kc, vc), extra = run_layers(body, (x, kc, vc), lids)
             extra = list(extra)
             if want_entropy:
               ent = extra.pop(0)  # (layers, rows, n)
@@ -362,8 +406,7 @@ class Sampler:
                                      rope=rope_k, text_kv=tkv_l, impl=impl,
                                      **kv_in(kc, vc, j), **ctx)
                 return (xk, *kv_out(kc, vc, j, kv)), None
-              (xk, kc, vc), _ = jax.lax.scan(body, (xk, kc, vc), lids,
-                                             unroll=unroll)
+              (xk, kc, vc), _ = run_layers(body, (xk, kc, vc), lids)
               x = layers.scatter_tokens(x, idx, xk, add=False)
             else:
               cached = None
@@ -390,8 +433,8 @@ class Sampler:
                     rope=rope, text_kv=tkv_l, cached=cached_l, impl=impl,
                     method=layers.Block.sparse, **kv_in(kc, vc, j), **ctx)
                 return (x, *kv_out(kc, vc, j, kv)), None
-              (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (lids, cached),
-                                            unroll=unroll)
+              (x, kc, vc), _ = run_layers(body, (x, kc, vc), lids,
+                                          cached)
           caches[seg] = (kc, vc)
 
         if probe_entropy is not None:
@@ -434,6 +477,25 @@ class Sampler:
     lg = jnp.concatenate(all_logits, axis=1) if all_logits else None
     return Generation(tokens=toks, latent=latent, logits=lg,
                       entropy=tuple(entropies) if entropies else None)
+
+
+def _run_layers(body, carry, lids, *extra, unroll: int):
+  """Runs `body(carry, xs) -> (carry, ys)` over a run of layers.
+
+  lids: a traced (L_run,) int32 array -> `lax.scan` (xs = lids, or
+  (lids, extra) when one `extra` pytree, possibly None, is given); or a list
+  of Python ints -> a Python loop with static layer ids (xs = l, or
+  (l, extra[i])), ys stacked as the scan would stack them.
+  """
+  if not isinstance(lids, list):
+    xs = (lids, *extra) if extra else lids
+    return jax.lax.scan(body, carry, xs, unroll=unroll)
+  ys = []
+  for i, l in enumerate(lids):
+    xs = ((l, *jax.tree.map(lambda t, i=i: t[i], extra)) if extra else l)
+    carry, y = body(carry, xs)
+    ys.append(y)
+  return carry, jax.tree.map(lambda *t: jnp.stack(t), *ys)
 
 
 def check_text_mask(text_mask: np.ndarray) -> None:

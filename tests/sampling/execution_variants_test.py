@@ -1,14 +1,19 @@
-"""kv_read="buffer" (write first, attend over the whole cache row with a
-static kv_len) gives the same generation as the default "slice" (prefix slice
-+ concatenation).
+"""Execution variants of the sampler give the same generation as the default.
+
+  * kv_read="buffer" (write first, attend over the whole cache row with a
+    static kv_len) vs the default "slice" (prefix slice + concatenation);
+  * unroll_tokens (runs of layers unrolled in Python with per-layer weight
+    copies and static cache indices) vs `lax.scan` over layers;
+  * the cuDNN code paths (emulated in XLA: cuDNN does not run on CPU) vs the
+    XLA attention, padded text included (cross-attention takes the text as
+    per-row lengths there).
 
 All fp32 on CPU, greedy, on the micro configs of `toprovar_jax.testing`
 (4 scales, 3 layers). What is pinned, per plan: tokens identical, guided
 logits within 1e-5, recorded attention entropies within 1e-5 (NaN where a
 layer records none). The plans cover dense, S layers (select "scale" with
 passthrough restore, select "sublayer" with cached restore), an X layer, an
-entropy probe and the SkipVAR branch drop; the cuDNN code paths are traced
-with the cuDNN calls emulated in XLA (cuDNN does not run on CPU).
+entropy probe and the SkipVAR branch drop.
 """
 
 import dataclasses
@@ -72,6 +77,18 @@ def _generate(setup, plan=None, **sampling):
   g = 3.0 if cfg.style == "infinity" else 1.5
   return smp.generate(params, vparams, jax.random.key(0), jnp.float32(g),
                       jnp.float32(1.0), **cond)
+
+
+def _num_layer_loops(setup, plan=None, **sampling):
+  """While loops in the lowered generation program (the layer scans)."""
+  cfg, tok, params, vparams, cond = setup
+  smp = sampler_lib.Sampler(
+      model=cfg, tokenizer=tok, plan=plan,
+      sampling=sampler_lib.SamplingConfig(top_k=1, **sampling))
+  text = type(smp).generate.lower(
+      smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
+      jnp.float32(1.0), **cond).as_text()
+  return text.count("stablehlo.while")
 
 
 def _with_scales(plan, name, fn):
@@ -142,7 +159,7 @@ def _emulated_cudnn(query, key, value, bias=None, mask=None, q_seqlen=None,
   return (out, jax.nn.logsumexp(s, axis=-1)) if return_residual else out
 
 
-class KvReadTest(parameterized.TestCase):
+class ExecutionVariantsTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("infinity_dense_entropy", "infinity", "dense", True, None),
@@ -197,6 +214,73 @@ class KvReadTest(parameterized.TestCase):
     chex.assert_trees_all_close(out.logits, ref.logits, atol=_ATOL, rtol=0)
     # lse − s̄ cancels ~|s| in float32 (as in ops/attention_test.py).
     chex.assert_trees_all_close(out.entropy, ref.entropy, atol=1e-4, rtol=0)
+
+  @parameterized.named_parameters(
+      ("infinity_dense_entropy", "infinity", "dense", True, 4, "slice"),
+      ("var_dense_all", "var", "dense", False, 10**6, "slice"),
+      ("infinity_probe_sx_entropy", "infinity", "probe_sx", True, 7, "slice"),
+      ("infinity_probe_sx_buffer", "infinity", "probe_sx", True, 7, "buffer"),
+      ("infinity_cached_sublayer", "infinity", "cached_sublayer", False, 9,
+       "slice"),
+      ("infinity_x_layers_all", "infinity", "x_layers", False, 10**6,
+       "slice"),
+  )
+  def test_unrolled_equals_scanned(self, style, plan_name, record_entropy,
+                                   unroll_tokens, kv_read):
+    # Thresholds that unroll some runs and scan others (micro schedule
+    # 1, 4, 16, 36 tokens: 4 unrolls scales 0-1; 7 also scale 2's S run,
+    # K = 7; 9 the sublayer S runs of scale 2, K = 9), or unroll everything.
+    setup = _micro_infinity() if style == "infinity" else _micro_var()
+    cfg = setup[0]
+    plan = _PLANS[plan_name](cfg)
+    if plan is not None:
+      plan = plan_lib.validate_plan(plan, cfg)
+    kw = dict(record_entropy=record_entropy, kv_read=kv_read)
+    loops = _num_layer_loops(setup, plan, **kw)
+    loops_unrolled = _num_layer_loops(setup, plan, unroll_tokens=unroll_tokens,
+                                      **kw)
+    if unroll_tokens == 10**6:
+      self.assertEqual(loops_unrolled, 0)
+    self.assertLess(loops_unrolled, loops)
+    ref = _generate(setup, plan, **kw)
+    out = _generate(setup, plan, unroll_tokens=unroll_tokens, **kw)
+    np.testing.assert_array_equal(np.asarray(out.tokens),
+                                  np.asarray(ref.tokens))
+    chex.assert_trees_all_close(out.logits, ref.logits, atol=_ATOL, rtol=0)
+    chex.assert_trees_all_close(out.latent, ref.latent, atol=_ATOL, rtol=0)
+    if record_entropy:
+      for e_out, e_ref in zip(out.entropy, ref.entropy):
+        np.testing.assert_array_equal(np.isnan(e_out), np.isnan(e_ref))
+        chex.assert_trees_all_close(e_out, e_ref, atol=_ATOL, rtol=0)
+
+  def test_cudnn_route_equals_xla_with_padded_text(self):
+    # Row 0 of the micro text has 5 of 8 tokens: cuDNN gets it as a length
+    # (key_value_seq_lengths), XLA as a key mask.
+    setup = _micro_infinity()
+    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    ref = _generate(setup, plan, attn_impl="xla", record_entropy=True)
+    with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
+                           _emulated_cudnn), \
+         mock.patch.object(fused_attention_stablehlo, "dot_product_attention",
+                           _emulated_cudnn):
+      out = _generate(setup, plan, attn_impl="cudnn", entropy_impl="cudnn",
+                      record_entropy=True)
+    np.testing.assert_array_equal(np.asarray(out.tokens),
+                                  np.asarray(ref.tokens))
+    chex.assert_trees_all_close(out.logits, ref.logits, atol=1e-4, rtol=0)
+    chex.assert_trees_all_close(out.entropy, ref.entropy, atol=1e-4, rtol=0)
+
+  def test_text_mask_must_be_a_prefix(self):
+    sampler_lib.check_text_mask(np.array([[True, True, False], [True] * 3]))
+    with self.assertRaisesRegex(ValueError, "text_mask row 1 is not a prefix"):
+      sampler_lib.check_text_mask(np.array([[True, False, False],
+                                            [True, False, True]]))
+    with self.assertRaisesRegex(ValueError, "text_mask must be a .B, T. bool"):
+      sampler_lib.check_text_mask(np.ones((2, 3), np.int32))
+
+  def test_negative_unroll_tokens_raises(self):
+    with self.assertRaisesRegex(ValueError, "unroll_tokens"):
+      sampler_lib.SamplingConfig(unroll_tokens=-1)
 
   def test_unknown_kv_read_raises(self):
     with self.assertRaisesRegex(ValueError, "kv_read"):
