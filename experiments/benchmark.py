@@ -127,7 +127,8 @@ def _write(setup, rows, errors):
       "setup": dataclasses.asdict(setup), "device": str(jax.devices()[0]),
       "jax": jax.__version__,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      "commit": _commit(), "peak_memory_gib": benchmarking.peak_memory_gib(),
+      "commit": _commit(), "source_digest": benchmarking.source_digest(),
+      "peak_memory_gib": benchmarking.peak_memory_gib(),
       "plans": rows, "errors": errors}
   with open(os.path.join(_OUT.value, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
@@ -154,7 +155,8 @@ def _markdown(res):
       f"### {s['variant']} — batch {s['batch']} (CFG ×2), {s['dtype']}, "
       f"attention {s['attn_impl']}, text_len {s['text_len']}",
       "", f"Device {res['device']}, jax {res['jax']}, {res['date'][:10]}, "
-      f"commit {res['commit']}; peak device memory "
+      f"commit {res['commit']} (source digest {res['source_digest']}); "
+      "peak device memory "
       f"{_gib(res['peak_memory_gib'])} (whole process).", "",
       "| plan | transformer s | with decode s | decode s | compile s | "
       "TFLOP | FLOP speedup | measured speedup |",

@@ -150,6 +150,26 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   }
 
 
+def source_digest() -> str:
+  """First 12 hex digits of a SHA-256 over this package's and experiments/'
+  Python sources (path and bytes, sorted by path).
+
+  Identifies the code a benchmark ran even where `git rev-parse` cannot (the
+  GPU machine's copy of the tree carries a stale .git); `python -c "from
+  toprovar_jax import benchmarking; print(benchmarking.source_digest())"` on
+  a checkout gives the digest to compare with.
+  """
+  import hashlib
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parent.parent
+  h = hashlib.sha256()
+  for path in sorted([*root.glob("toprovar_jax/**/*.py"),
+                      *root.glob("experiments/*.py")]):
+    h.update(str(path.relative_to(root)).encode())
+    h.update(path.read_bytes())
+  return h.hexdigest()[:12]
+
+
 def result_key(r: Dict[str, Any]) -> str:
   """'plan@entropy_impl#uN', plus '%kv_read' when not the default "slice"
   and '^N' when runs are unrolled (the spelling `experiments/benchmark.py
