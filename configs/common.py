@@ -162,6 +162,10 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.num_samples = 0
   # Attention implementation: 'xla' | 'cudnn' | 'pallas' | 'auto'.
   config.sampling.attn_impl = "xla"
+  # Unroll the runs of layers that see at most this many tokens per row
+  # (0 = scan all). GPU: faster small scales, longer compile (BENCHMARKS.md:
+  # Infinity-2B dense 0.291 -> 0.267 s at 1024, compile 25 -> 131 s).
+  config.sampling.unroll_tokens = 0
   # Static padded text length T; longer prompts are truncated (SPEC §2, §11).
   config.sampling.text_len = text_len if style == "infinity" else 0
   # ImageNet class ids, one image each (VAR; ignored by Infinity).

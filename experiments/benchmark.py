@@ -3,8 +3,10 @@ r"""Times sparsity plans on a random-weight model (GPU benchmark, not a test).
   python -m experiments.benchmark --variant=infinity_2b \
       --plans=dense,infinity_2b_paper,fastvar --out=/tmp/bench
 
-`--plans` items are 'dense', 'fastvar', a named plan under configs/plans/ or a
-JSON path; append '@pallas' / '@cudnn' to choose the entropy kernel of probe
+`--plans` items are 'dense', 'fastvar', a SkipVAR action
+'skipvar_skipK[_uncondS]' (skip the last K scales, drop the unconditional
+branch from scale S on), a named plan under configs/plans/ or a JSON path;
+append '@pallas' / '@cudnn' to choose the entropy kernel of probe
 layers, '#uN' to unroll N layers per scan step (0 = all),
 '~frequency' to swap an entropy plan's scorer for the free
 FastVAR frequency scorer (the "≤ 3 % slower than a free scorer" check), and
@@ -19,6 +21,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import subprocess
 
 from absl import app
@@ -48,7 +51,13 @@ def _plan(spec, cfg):
   spec, _, unroll = spec.partition("#u")
   name, _, scorer = spec.partition("~")
   name, _, entropy_impl = name.partition("@")
-  plan = plan_lib.load_plan(name, cfg)
+  skip = re.fullmatch(r"skipvar_skip(\d+)(?:_uncond(\d+))?", name)
+  if skip:
+    plan = plan_lib.validate_plan(plan_lib.skipvar_plan(
+        cfg, skip_scales=int(skip.group(1)),
+        drop_uncond_from=(int(skip.group(2)) if skip.group(2) else None)), cfg)
+  else:
+    plan = plan_lib.load_plan(name, cfg)
   if scorer:
     scales = tuple(dataclasses.replace(
         s, scorer=scorer, probe_layer=None) if s.scorer == "entropy" else s

@@ -43,6 +43,14 @@ class PlanSpecTest(absltest.TestCase):
     self.assertEqual((plan.name, impl, unroll, kv_read, unroll_tokens),
                      ("dense", None, 1, "slice", 0))
 
+  def test_skipvar_action(self):
+    cfg = config_lib.get_variant("var_d30")
+    plan = benchmark._plan("skipvar_skip1_uncond8", cfg)[0]
+    self.assertEqual(plan.name, "skipvar_skip1_uncond8")
+    self.assertEqual(plan.exit_scale, len(cfg.schedule) - 1)
+    self.assertEqual([s.guidance for s in plan.scales],
+                     [s < 8 for s in range(len(cfg.schedule) - 1)])
+
   def test_result_key_round_trips_the_suffixes(self):
     row = dict(plan="dense", entropy_impl=None, layer_unroll=1,
                kv_read="slice", unroll_tokens=0)

@@ -160,7 +160,9 @@ class TinyConfigTest(parameterized.TestCase):
        "sampling.prompts"),
       ("text_len", "infinity_tiny", "sampling.text_len", 513,
        "sampling.text_len"),
-      ("dtype", "var_tiny", "model.dtype", "fp8", "model.dtype"))
+      ("dtype", "var_tiny", "model.dtype", "fp8", "model.dtype"),
+      ("unroll_tokens", "var_tiny", "sampling.unroll_tokens", -1,
+       "sampling.unroll_tokens"))
   def test_bad_fields_are_named(self, model, field, value, pattern):
     config = _get_config("tiny", f"model={model}")
     group, key = field.split(".")
@@ -168,6 +170,14 @@ class TinyConfigTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, pattern):
       sampler = pipeline.sampler_from_config(config)
       pipeline.conditions_from_config(config, sampler)
+
+  def test_unroll_tokens_reaches_the_sampler(self):
+    config = _get_config("tiny")
+    self.assertEqual(pipeline.sampler_from_config(config).sampling
+                     .unroll_tokens, 0)
+    config.sampling.unroll_tokens = 64
+    self.assertEqual(pipeline.sampler_from_config(config).sampling
+                     .unroll_tokens, 64)
 
   def test_bad_plan_passes_plan_error_through(self):
     config = _get_config("tiny")
