@@ -41,6 +41,11 @@ _ATTN = flags.DEFINE_string("attn_impl", "cudnn", "Attention implementation.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _PROFILE = flags.DEFINE_bool("profile", False,
                              "Also trace one call per plan: top kernels.")
+_LAYER_LOOP = flags.DEFINE_enum(
+    "layer_loop", "scan", ["scan", "while"],
+    "SamplingConfig.layer_loop of every plan (with 'while' and "
+    "--xla_gpu_enable_dynamic_slice_fusion=true XLA may read weights in "
+    "place).")
 _DUMP_HLO = flags.DEFINE_bool("dump_hlo", False,
                               "Write each plan's optimised HLO (hlo_N.txt.gz).")
 
@@ -105,6 +110,7 @@ def main(argv):
                                   entropy_impl=entropy_impl,
                                   layer_unroll=unroll, kv_read=kv_read,
                                   unroll_tokens=unroll_tokens,
+                                  layer_loop=_LAYER_LOOP.value,
                                   profile_dir=trace,
                                   hlo_path=(os.path.join(
                                       _OUT.value, f"hlo_{len(rows)}.txt.gz")
@@ -175,8 +181,9 @@ def _markdown(res):
             + f" (unroll {r['layer_unroll']}"
             + (f", kv {r['kv_read']}" if r.get("kv_read", "slice") != "slice"
                else "")
-            + (f", unroll ≤{r['unroll_tokens']} tokens)"
-               if r.get("unroll_tokens") else ")"))
+            + (f", unroll ≤{r['unroll_tokens']} tokens"
+               if r.get("unroll_tokens") else "")
+            + (", while loops)" if r.get("layer_loop") == "while" else ")"))
     lines.append(
         f"| {name} | {r['transformer_s']:.4f} | {r['with_decode_s']:.4f} | "
         f"{r['decode_only_s']:.4f} | {r['compile_s']:.1f} | {r['tflop']:.2f} | "

@@ -57,6 +57,9 @@ class PlanSpecTest(absltest.TestCase):
     self.assertEqual(benchmarking.result_key(row), "dense@None#u1")
     row.update(kv_read="buffer", unroll_tokens=1024)
     self.assertEqual(benchmarking.result_key(row), "dense@None#u1%buffer^1024")
+    row.update(layer_loop="while")
+    self.assertEqual(benchmarking.result_key(row),
+                     "dense@None#u1%buffer^1024+while")
 
 
 class ProfileAttributionTest(absltest.TestCase):

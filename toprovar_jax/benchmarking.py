@@ -91,6 +91,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                plan: plan_lib.SparsityPlan, *, runs: int = 7,
                entropy_impl: Optional[str] = None, layer_unroll: int = 1,
                kv_read: str = "slice", unroll_tokens: int = 0,
+               layer_loop: str = "scan",
                profile_dir: Optional[str] = None,
                hlo_path: Optional[str] = None) -> Dict[str, Any]:
   """Times one plan: transformer only, and transformer + decode.
@@ -104,7 +105,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
           top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
           attn_impl=setup.attn_impl, entropy_impl=entropy_impl,
           layer_unroll=layer_unroll, kv_read=kv_read,
-          unroll_tokens=unroll_tokens))
+          unroll_tokens=unroll_tokens, layer_loop=layer_loop))
   rng = jax.random.key(0)
   g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   tau = jnp.float32(0.5)
@@ -139,6 +140,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
       "layer_unroll": layer_unroll,
       "kv_read": kv_read,
       "unroll_tokens": unroll_tokens,
+      "layer_loop": layer_loop,
       "compile_s": compile_s,
       "transformer_s": statistics.median(times),
       "transformer_runs_s": times,
@@ -177,7 +179,8 @@ def result_key(r: Dict[str, Any]) -> str:
   key = f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}"
   kv_read = r.get("kv_read", "slice")
   key = key if kv_read == "slice" else f"{key}%{kv_read}"
-  return f"{key}^{r['unroll_tokens']}" if r.get("unroll_tokens") else key
+  key = f"{key}^{r['unroll_tokens']}" if r.get("unroll_tokens") else key
+  return f"{key}+while" if r.get("layer_loop") == "while" else key
 
 
 def peak_memory_gib() -> Optional[float]:

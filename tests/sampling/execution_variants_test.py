@@ -4,6 +4,7 @@
     static kv_len) vs the default "slice" (prefix slice + concatenation);
   * unroll_tokens (runs of layers unrolled in Python with per-layer weight
     copies and static cache indices) vs `lax.scan` over layers;
+  * layer_loop="while" (the layer id is the loop counter) vs `lax.scan`;
   * the cuDNN code paths (emulated in XLA: cuDNN does not run on CPU) vs the
     XLA attention, padded text included (cross-attention takes the text as
     per-row lengths there).
@@ -253,6 +254,43 @@ class ExecutionVariantsTest(parameterized.TestCase):
         np.testing.assert_array_equal(np.isnan(e_out), np.isnan(e_ref))
         chex.assert_trees_all_close(e_out, e_ref, atol=_ATOL, rtol=0)
 
+  @parameterized.named_parameters(
+      ("infinity_dense_entropy", "infinity", "dense", True),
+      ("var_dense", "var", "dense", False),
+      ("infinity_probe_sx_entropy", "infinity", "probe_sx", True),
+      ("infinity_cached_sublayer", "infinity", "cached_sublayer", False),
+      ("infinity_x_layers", "infinity", "x_layers", False),
+  )
+  def test_while_layer_loop_equals_scan(self, style, plan_name,
+                                        record_entropy):
+    setup = _micro_infinity() if style == "infinity" else _micro_var()
+    cfg = setup[0]
+    plan = _PLANS[plan_name](cfg)
+    if plan is not None:
+      plan = plan_lib.validate_plan(plan, cfg)
+    kw = dict(record_entropy=record_entropy)
+    # A different program (the layer id is the while loop's counter) ...
+    lowered = {}
+    for loop in ("scan", "while"):
+      c, tok, params, vparams, cond = setup
+      smp = sampler_lib.Sampler(
+          model=c, tokenizer=tok, plan=plan,
+          sampling=sampler_lib.SamplingConfig(top_k=1, layer_loop=loop, **kw))
+      lowered[loop] = type(smp).generate.lower(
+          smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
+          jnp.float32(1.0), **cond).as_text()
+    self.assertNotEqual(lowered["scan"], lowered["while"])
+    # ... with the same numbers.
+    ref = _generate(setup, plan, **kw)
+    out = _generate(setup, plan, layer_loop="while", **kw)
+    np.testing.assert_array_equal(np.asarray(out.tokens),
+                                  np.asarray(ref.tokens))
+    chex.assert_trees_all_close(out.logits, ref.logits, atol=_ATOL, rtol=0)
+    if record_entropy:
+      for e_out, e_ref in zip(out.entropy, ref.entropy):
+        np.testing.assert_array_equal(np.isnan(e_out), np.isnan(e_ref))
+        chex.assert_trees_all_close(e_out, e_ref, atol=_ATOL, rtol=0)
+
   def test_cudnn_route_equals_xla_with_padded_text(self):
     # Row 0 of the micro text has 5 of 8 tokens: cuDNN gets it as a length
     # (key_value_seq_lengths), XLA as a key mask.
@@ -277,6 +315,10 @@ class ExecutionVariantsTest(parameterized.TestCase):
                                             [True, False, True]]))
     with self.assertRaisesRegex(ValueError, "text_mask must be a .B, T. bool"):
       sampler_lib.check_text_mask(np.ones((2, 3), np.int32))
+
+  def test_unknown_layer_loop_raises(self):
+    with self.assertRaisesRegex(ValueError, "layer_loop"):
+      sampler_lib.SamplingConfig(layer_loop="fori")
 
   def test_negative_unroll_tokens_raises(self):
     with self.assertRaisesRegex(ValueError, "unroll_tokens"):

@@ -48,6 +48,7 @@ from toprovar_jax.sampling import strategies
 Array = jax.Array
 
 _KV_READS = ("slice", "buffer")
+_LAYER_LOOPS = ("scan", "while")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,12 @@ class SamplingConfig:
       traced index, which XLA materialises before every GEMM (about 260 MB
       of copies per Infinity-2B layer, the bulk of a small scale's time).
       Costs compile time and one extra copy of the block weights.
+    layer_loop: how a scanned run of layers loops: "scan" (`lax.scan` over
+      the layer ids) or "while" (a `lax.while_loop` whose counter is the layer
+      id, so every per-layer slice is a function of the loop's induction
+      variable: the form XLA's dynamic-slice fusion
+      (--xla_gpu_enable_dynamic_slice_fusion) needs to let a cuBLAS GEMM read
+      the layer's weights in place). Same numbers either way.
     kv_read: how a layer reads its KV cache: "slice" (prefix slice + concat
       with the new keys) or "buffer" (write first, attend over the whole
       cache row with a static kv_len; no copy). See the module docstring.
@@ -93,11 +100,15 @@ class SamplingConfig:
   dtype: str = "float32"
   kv_read: str = "slice"
   unroll_tokens: int = 0
+  layer_loop: str = "scan"
 
   def __post_init__(self):
     if self.kv_read not in _KV_READS:
       raise ValueError(f"kv_read must be one of {_KV_READS}, "
                        f"got {self.kv_read!r}")
+    if self.layer_loop not in _LAYER_LOOPS:
+      raise ValueError(f"layer_loop must be one of {_LAYER_LOOPS}, "
+                       f"got {self.layer_loop!r}")
     if self.unroll_tokens < 0:
       raise ValueError(f"unroll_tokens must be >= 0, got {self.unroll_tokens}")
 
@@ -329,8 +340,10 @@ class Sampler:
           # segment cache in and out of it at every scale.
           unrolled = self._unrolled(run, sp, n)
           lids = (list(range(run.start, run.stop)) if unrolled else
-                  jnp.arange(run.start, run.stop, dtype=jnp.int32))
-          run_layers = functools.partial(_run_layers, unroll=unroll)
+                  range(run.start, run.stop))
+          run_layers = functools.partial(
+              _run_layers, unroll=unroll,
+              while_loop=self.sampling.layer_loop == "while")
           # Scan bodies are traced once anyway; unrolled ones call the cached
           # trace (tracing a 2B block through flax costs ~70 ms, 320 times).
           apply = apply_block if unrolled else block.apply
@@ -500,8 +513,8 @@ class _TraceOnce:
 
   def __call__(self, *args, **kwargs):
     leaves, tree = jax.tree.flatten((args, kwargs))
-    traced = tuple(isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer))
-                   for x in leaves)
+    # Tracers are jax.Array instances too.
+    traced = tuple(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
     static = tuple(x for x, t in zip(leaves, traced) if not t)
     key = (tree, traced, static)
     if key not in self._jitted:
@@ -514,16 +527,21 @@ class _TraceOnce:
     return self._jitted[key]([x for x, t in zip(leaves, traced) if t])
 
 
-def _run_layers(body, carry, lids, *extra, unroll: int):
+def _run_layers(body, carry, lids, *extra, unroll: int,
+                while_loop: bool = False):
   """Runs `body(carry, xs) -> (carry, ys)` over a run of layers.
 
-  lids: a traced (L_run,) int32 array -> `lax.scan` (xs = lids, or
-  (lids, extra) when one `extra` pytree, possibly None, is given); or a list
-  of Python ints -> a Python loop with static layer ids (xs = l, or
-  (l, extra[i])), ys stacked as the scan would stack them.
+  lids: a `range` of layer ids -> `lax.scan` over them as an int32 array
+  (xs = ids, or (ids, extra) when one `extra` pytree, possibly None, is
+  given), or with `while_loop` a `lax.while_loop` whose counter is the layer
+  id; or a list of Python ints -> a Python loop with static layer ids
+  (xs = l, or (l, extra[i])). ys are stacked as the scan stacks them.
   """
-  if not isinstance(lids, list):
-    xs = (lids, *extra) if extra else lids
+  if isinstance(lids, range) and while_loop:
+    return _while_layers(body, carry, lids, *extra)
+  if isinstance(lids, range):
+    ids = jnp.arange(lids.start, lids.stop, dtype=jnp.int32)
+    xs = (ids, *extra) if extra else ids
     return jax.lax.scan(body, carry, xs, unroll=unroll)
   ys = []
   for i, l in enumerate(lids):
@@ -531,6 +549,42 @@ def _run_layers(body, carry, lids, *extra, unroll: int):
     carry, y = body(carry, xs)
     ys.append(y)
   return carry, jax.tree.map(lambda *t: jnp.stack(t), *ys)
+
+
+def _while_layers(body, carry, lids, *extra):
+  """`_run_layers` as a `lax.while_loop` over the layer id itself.
+
+  The loop carries (l, carry, ys) from l = lids.start while l < lids.stop;
+  ys are preallocated and written at l - lids.start. The layer id handed to
+  `body` is the loop's induction variable (not an element read from an
+  array), so XLA can tell that a slice at l moves by a fixed stride per
+  iteration.
+  """
+  start, stop = lids.start, lids.stop
+  n = stop - start
+
+  def xs_at(l):
+    if not extra:
+      return l
+    return (l, *jax.tree.map(
+        lambda t: jax.lax.dynamic_index_in_dim(t, l - start, keepdims=False),
+        extra))
+
+  y_spec = jax.eval_shape(lambda c, l: body(c, xs_at(l))[1], carry,
+                          jnp.int32(start))
+  ys = jax.tree.map(lambda a: jnp.zeros((n,) + a.shape, a.dtype), y_spec)
+
+  def step(state):
+    l, c, acc = state
+    c, y = body(c, xs_at(l))
+    acc = jax.tree.map(
+        lambda a, v: jax.lax.dynamic_update_index_in_dim(a, v, l - start, 0),
+        acc, y)
+    return l + 1, c, acc
+
+  _, carry, ys = jax.lax.while_loop(lambda state: state[0] < stop, step,
+                                    (jnp.int32(start), carry, ys))
+  return carry, ys
 
 
 def check_text_mask(text_mask: np.ndarray) -> None:
