@@ -137,6 +137,15 @@ _PLANS = {"dense": lambda cfg: None, "probe_sx": _probe_plan,
           "cached_sublayer": _cached_plan, "x_layers": _x_plan}
 
 
+def _setup_and_plan(style, plan_name):
+  """The micro model of `style` and the validated plan (None = dense)."""
+  setup = _micro_infinity() if style == "infinity" else _micro_var()
+  plan = _PLANS[plan_name](setup[0])
+  if plan is not None:
+    plan = plan_lib.validate_plan(plan, setup[0])
+  return setup, plan
+
+
 def _emulated_cudnn(query, key, value, bias=None, mask=None, q_seqlen=None,
                     kv_seqlen=None, *, scale=1.0, mask_type=None,
                     return_residual=False, **unused):
@@ -174,11 +183,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
   )
   def test_buffer_equals_slice(self, style, plan_name, record_entropy,
                                entropy_impl):
-    setup = _micro_infinity() if style == "infinity" else _micro_var()
-    cfg = setup[0]
-    plan = _PLANS[plan_name](cfg)
-    if plan is not None:
-      plan = plan_lib.validate_plan(plan, cfg)
+    setup, plan = _setup_and_plan(style, plan_name)
     kw = dict(record_entropy=record_entropy, entropy_impl=entropy_impl)
     ref = _generate(setup, plan, **kw)
     out = _generate(setup, plan, kv_read="buffer", **kw)
@@ -231,11 +236,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     # Thresholds that unroll some runs and scan others (micro schedule
     # 1, 4, 16, 36 tokens: 4 unrolls scales 0-1; 7 also scale 2's S run,
     # K = 7; 9 the sublayer S runs of scale 2, K = 9), or unroll everything.
-    setup = _micro_infinity() if style == "infinity" else _micro_var()
-    cfg = setup[0]
-    plan = _PLANS[plan_name](cfg)
-    if plan is not None:
-      plan = plan_lib.validate_plan(plan, cfg)
+    setup, plan = _setup_and_plan(style, plan_name)
     kw = dict(record_entropy=record_entropy, kv_read=kv_read)
     loops = _num_layer_loops(setup, plan, **kw)
     loops_unrolled = _num_layer_loops(setup, plan, unroll_tokens=unroll_tokens,
@@ -263,11 +264,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
   )
   def test_while_layer_loop_equals_scan(self, style, plan_name,
                                         record_entropy):
-    setup = _micro_infinity() if style == "infinity" else _micro_var()
-    cfg = setup[0]
-    plan = _PLANS[plan_name](cfg)
-    if plan is not None:
-      plan = plan_lib.validate_plan(plan, cfg)
+    setup, plan = _setup_and_plan(style, plan_name)
     kw = dict(record_entropy=record_entropy)
     # A different program (the layer id is the while loop's counter) ...
     lowered = {}
