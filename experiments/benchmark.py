@@ -46,6 +46,10 @@ _LAYER_LOOP = flags.DEFINE_enum(
     "SamplingConfig.layer_loop of every plan (with 'while' and "
     "--xla_gpu_enable_dynamic_slice_fusion=true XLA may read weights in "
     "place).")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False,
+    "Only lower and compile each plan, on abstract weights (no device "
+    "memory, any backend): compile-time studies, e.g. of unroll_tokens.")
 _DUMP_HLO = flags.DEFINE_bool("dump_hlo", False,
                               "Write each plan's optimised HLO (hlo_N.txt.gz).")
 
@@ -97,6 +101,9 @@ def main(argv):
   setup = benchmarking.BenchSetup(variant=_VARIANT.value, batch=_BATCH.value,
                                   text_len=_TEXT_LEN.value,
                                   attn_impl=_ATTN.value)
+  if _COMPILE_ONLY.value:
+    _compile_only(setup)
+    return
   cfg, tok, params, vparams, vae = benchmarking.init_model(setup)
   cond = benchmarking.conditioning(cfg, setup)
   rows, errors = [], {}
@@ -129,6 +136,41 @@ def main(argv):
     print(json.dumps({"errors": errors}))
   print(json.dumps({benchmarking.result_key(r): round(r["transformer_s"], 4)
                     for r in rows}))
+
+
+def _compile_only(setup):
+  """--compile_only: lower + compile times per plan into results.json and
+  benchmarks.md."""
+  cfg, tok, params, vparams, _ = benchmarking.init_model(setup, abstract=True)
+  cond = jax.eval_shape(lambda: benchmarking.conditioning(cfg, setup))
+  rows = []
+  for spec in _PLANS.value:
+    plan, entropy_impl, unroll, kv_read, unroll_tokens = _plan(spec, cfg)
+    rows.append(benchmarking.compile_plan(
+        cfg, tok, params, vparams, cond, setup, plan,
+        entropy_impl=entropy_impl, layer_unroll=unroll, kv_read=kv_read,
+        unroll_tokens=unroll_tokens, layer_loop=_LAYER_LOOP.value))
+    logging.info("%s", rows[-1])
+    result = {"setup": dataclasses.asdict(setup),
+              "device": str(jax.devices()[0]), "jax": jax.__version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "commit": _commit(),
+              "source_digest": benchmarking.source_digest(),
+              "compile_only": rows}
+    with open(os.path.join(_OUT.value, "results.json"), "w") as f:
+      json.dump(result, f, indent=1)
+    lines = [f"Compile only, {setup.variant}, backend {rows[0]['backend']}, "
+             f"jax {jax.__version__}, commit {result['commit']} (source "
+             f"digest {result['source_digest']}):", "",
+             "| plan | unroll_tokens | layer_loop | lower s | compile s |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['plan']} | {r['unroll_tokens']} | {r['layer_loop']} | "
+              f"{r['lower_s']:.1f} | {r['compile_s']:.1f} |" for r in rows]
+    with open(os.path.join(_OUT.value, "benchmarks.md"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  print(json.dumps({r["plan"] + (f"^{r['unroll_tokens']}"
+                                 if r["unroll_tokens"] else ""):
+                    round(r["compile_s"], 1) for r in rows}))
 
 
 def _write(setup, rows, errors):

@@ -111,6 +111,24 @@ class ProfileAttributionTest(absltest.TestCase):
     self.assertGreater(prof["device_busy_ms"], 0.0)
 
 
+class CompileOnlyTest(absltest.TestCase):
+
+  def test_compiles_on_abstract_weights(self):
+    setup = benchmarking.BenchSetup(variant="var_tiny", attn_impl="xla",
+                                    dtype="float32")
+    cfg, tok, params, vparams, _ = benchmarking.init_model(setup,
+                                                           abstract=True)
+    self.assertIsInstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
+    cond = jax.eval_shape(lambda: benchmarking.conditioning(cfg, setup))
+    plan = benchmark._plan("dense", cfg)[0]
+    row = benchmarking.compile_plan(cfg, tok, params, vparams, cond, setup,
+                                    plan, unroll_tokens=4)
+    self.assertEqual((row["plan"], row["backend"], row["unroll_tokens"]),
+                     ("dense", jax.default_backend(), 4))
+    self.assertGreater(row["compile_s"], 0.0)
+    self.assertGreater(row["lower_s"], 0.0)
+
+
 class SourceDigestTest(absltest.TestCase):
 
   def test_stable_hex(self):

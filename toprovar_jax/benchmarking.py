@@ -44,25 +44,31 @@ def _cast_blocks(params, dtype):
           "blocks": jax.tree.map(lambda t: t.astype(dtype), params["blocks"])}
 
 
-def init_model(setup: BenchSetup, seed: int = 0):
+def init_model(setup: BenchSetup, seed: int = 0, abstract: bool = False):
+  """(cfg, tokenizer cfg, params, tokenizer variables, tokenizer module).
+
+  With `abstract`, params and variables are ShapeDtypeStructs (nothing is
+  allocated: enough to lower and compile, e.g. for compile-time studies).
+  """
+  init = jax.eval_shape if abstract else (lambda f, k: jax.jit(f)(k))
   cfg = config_lib.get_variant(setup.variant)
   tok = config_lib.get_tokenizer(setup.variant)
   key = jax.random.key(seed)
-  params = jax.jit(lambda k: _cast_blocks(transformer.init_params(cfg, k),
-                                          jnp.dtype(setup.dtype)))(key)
+  params = init(lambda k: _cast_blocks(transformer.init_params(cfg, k),
+                                       jnp.dtype(setup.dtype)), key)
   if cfg.style == "var":
     from toprovar_jax.models import vqvae
     hf = cfg.schedule[-1][0] * 16
     model = vqvae.VQVAE(tok, dtype=jnp.dtype(setup.dtype))
-    vparams = jax.jit(lambda k: model.init(k, jnp.zeros((1, hf, hf, 3))))(key)
+    vparams = init(lambda k: model.init(k, jnp.zeros((1, hf, hf, 3))), key)
   else:
     from toprovar_jax.models import bsq_vae
     hf, wf = config_lib.vae_grid(cfg)
     model = bsq_vae.BSQVAE(tok)
     s = tok.stride
-    vparams = jax.jit(lambda k: model.init(
-        k, jnp.zeros((1, hf * s, wf * s, 3))))(key)
-    vparams = jax.tree.map(lambda t: t.astype(jnp.dtype(setup.dtype)), vparams)
+    vparams = init(lambda k: jax.tree.map(
+        lambda t: t.astype(jnp.dtype(setup.dtype)),
+        model.init(k, jnp.zeros((1, hf * s, wf * s, 3)))), key)
   return cfg, tok, params, vparams, model
 
 
@@ -99,13 +105,9 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   With `hlo_path`, also writes the optimised HLO of the generation program
   there, gzip-compressed (to read what XLA made of a scale's layer loop).
   """
-  smp = sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(
-          top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
-          attn_impl=setup.attn_impl, entropy_impl=entropy_impl,
-          layer_unroll=layer_unroll, kv_read=kv_read,
-          unroll_tokens=unroll_tokens, layer_loop=layer_loop))
+  smp = _sampler(cfg, tok, setup, plan, entropy_impl=entropy_impl,
+                 layer_unroll=layer_unroll, kv_read=kv_read,
+                 unroll_tokens=unroll_tokens, layer_loop=layer_loop)
   rng = jax.random.key(0)
   g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   tau = jnp.float32(0.5)
@@ -170,6 +172,35 @@ def source_digest() -> str:
     h.update(str(path.relative_to(root)).encode())
     h.update(path.read_bytes())
   return h.hexdigest()[:12]
+
+
+def _sampler(cfg, tok, setup: BenchSetup, plan, **sampling):
+  return sampler_lib.Sampler(
+      model=cfg, tokenizer=tok, plan=plan,
+      sampling=sampler_lib.SamplingConfig(
+          top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
+          attn_impl=setup.attn_impl, **sampling))
+
+
+def compile_plan(cfg, tok, params, vparams, cond, setup: BenchSetup,
+                 plan: plan_lib.SparsityPlan, **sampling) -> Dict[str, Any]:
+  """Lowers and compiles one plan's generation program, timing both.
+
+  params / vparams / cond may be ShapeDtypeStructs (`init_model(abstract=
+  True)`): nothing runs. `sampling` are SamplingConfig fields.
+  """
+  smp = _sampler(cfg, tok, setup, plan, **sampling)
+  g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
+  t0 = time.perf_counter()
+  lowered = jax.jit(smp._generate).lower(
+      params, vparams if cfg.style == "var" else None, jax.random.key(0), g,
+      jnp.float32(0.5), cond.get("labels"), cond.get("text"),
+      cond.get("text_mask"), None)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2 = time.perf_counter()
+  return {"plan": plan.name, "backend": jax.default_backend(),
+          "lower_s": t1 - t0, "compile_s": t2 - t1, **sampling}
 
 
 def result_key(r: Dict[str, Any]) -> str:
