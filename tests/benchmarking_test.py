@@ -94,6 +94,25 @@ class ProfileAttributionTest(absltest.TestCase):
         sum(r["wall_ms"] for r in t["per_scale"]) + t["unattributed_wall_ms"],
         7.0)  # the traced span
 
+  def test_kernel_classes(self):
+    cases = {
+        "loop_dynamic_slice_fusion_42": "weight_or_cache_slice",
+        "loop_dynamic_update_slice_fusion_9": "cache_write",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop": "attention",
+        "nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT": "gemm",
+        "gemm_fusion_dot_118": "gemm",
+        "input_concatenate_fusion_35": "concat_copy",
+        "Memset 3": "concat_copy",
+        "loop_add_fusion_18": "elementwise",
+    }
+    for name, cls in cases.items():
+      self.assertEqual(benchmarking.kernel_class(name), cls, name)
+    t = benchmarking.scale_timeline(
+        [(0, 2_000_000, "loop_dynamic_slice_fusion_1", "a"),
+         (2_000_000, 3_000_000, "nvjet_x", None)], {"a": 0})
+    self.assertEqual(t["per_scale"][0]["busy_by_class"],
+                     {"weight_or_cache_slice": 2.0, "gemm": 1.0})
+
   def test_profile_summary_attributes_a_traced_call(self):
     @jax.jit
     def f(x):

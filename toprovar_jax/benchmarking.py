@@ -332,6 +332,28 @@ def hlo_scopes(hlo_text: str) -> Dict[str, int]:
   return own
 
 
+_KERNEL_CLASSES = (
+    # (class, name fragments), first match wins; names as the GPU trace
+    # shows them (XLA fusions, cuBLAS nvjet/xmma/gemm, cuDNN SDPA, Pallas).
+    ("weight_or_cache_slice", ("dynamic_slice_fusion",)),
+    ("cache_write", ("dynamic_update_slice",)),
+    ("attention", ("sdpa", "fmha", "flash", "fae")),
+    ("gemm", ("nvjet", "gemm", "xmma", "cublas", "cutlass")),
+    ("concat_copy", ("concatenate", "memcpy", "copy", "memset")),
+)
+
+
+def kernel_class(name: str) -> str:
+  """Coarse kind of a kernel from its name: weight_or_cache_slice (a layer's
+  slice of the stacked weights / caches), cache_write, attention, gemm,
+  concat_copy, or elementwise (every other fusion)."""
+  low = name.lower()
+  for cls, parts in _KERNEL_CLASSES:
+    if any(p in low for p in parts):
+      return cls
+  return "elementwise"
+
+
 def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
   """Per-scale device time from kernel events attributed by hlo_op.
 
@@ -345,11 +367,13 @@ def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
   fusion kernels), else (library kernels: cuBLAS, cuDNN; graph nodes) to the
   scale of the kernel before it, counted in "inherited_ms".
 
-  Returns {"per_scale": [{"scale", "wall_ms", "busy_ms", "kernels"}, ...],
-  "unattributed_wall_ms", "unattributed_busy_ms", "unattributed_top",
-  "inherited_ms"}.
+  Returns {"per_scale": [{"scale", "wall_ms", "busy_ms", "kernels",
+  "busy_by_class"}, ...], "unattributed_wall_ms", "unattributed_busy_ms",
+  "unattributed_top", "inherited_ms"}; busy_by_class splits a scale's kernel
+  time by `kernel_class`.
   """
   per: Dict[Any, List[float]] = {}
+  classes: Dict[Any, collections.Counter] = {}
   unattr = collections.Counter()
   frontier = None
   prev = None
@@ -372,8 +396,11 @@ def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
       frontier = end
     r[1] += (end - start) / 1e6
     r[2] += 1
+    classes.setdefault(si, collections.Counter())[kernel_class(name)] += (
+        (end - start) / 1e6)
   none = per.pop(None, [0.0, 0.0, 0])
-  rows = [{"scale": si, "wall_ms": r[0], "busy_ms": r[1], "kernels": r[2]}
+  rows = [{"scale": si, "wall_ms": r[0], "busy_ms": r[1], "kernels": r[2],
+           "busy_by_class": dict(classes[si])}
           for si, r in sorted(per.items())]
   return {"per_scale": rows, "unattributed_wall_ms": none[0],
           "unattributed_busy_ms": none[1],
