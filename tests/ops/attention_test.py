@@ -183,6 +183,16 @@ class XlaAttentionTest(parameterized.TestCase):
     chex.assert_trees_all_equal(out[2], jnp.zeros_like(out[2]))
     chex.assert_trees_all_equal(ent[2], jnp.zeros_like(ent[2]))
 
+  def test_key_lengths_are_the_prefix_key_mask(self):
+    q, k, v = _qkv(3, 6, 37, 2, 64, seed=4)
+    lengths = jnp.array([37, 11, 0], jnp.int32)
+    key_mask = jnp.arange(37)[None] < lengths[:, None]
+    ref_out, ref_ent = _attention(q, k, v, key_mask=key_mask,
+                                  return_entropy=True)
+    out, ent = _attention(q, k, v, key_lengths=lengths, return_entropy=True)
+    chex.assert_trees_all_equal((out, ent), (ref_out, ref_ent))
+    chex.assert_trees_all_equal(out[2], jnp.zeros_like(out[2]))
+
   def test_per_batch_and_per_head_masks(self):
     q, k, v = _qkv(2, 8, 21, 2, 16, seed=5)
     rng = np.random.default_rng(6)
@@ -254,6 +264,9 @@ class XlaAttentionTest(parameterized.TestCase):
       ('key_mask_shape', dict(key_mask=np.ones((2, 5), bool))),
       ('implementation', dict(implementation='flash')),
       ('kv_len', dict(kv_len=7)),
+      ('key_lengths_shape', dict(key_lengths=np.array([3], np.int32))),
+      ('key_lengths_and_key_mask', dict(key_lengths=np.array([3, 6]),
+                                        key_mask=np.ones((2, 6), bool))),
   )
   def test_bad_arguments_raise(self, kwargs):
     q, k, v = _qkv(2, 4, 6, 2, 16)
@@ -537,6 +550,45 @@ class CudnnRouteTest(absltest.TestCase):
     _assert_entropy_close(ent, ref_ent, rtol=1e-4)
     chex.assert_trees_all_equal(ent[1], jnp.zeros_like(ent[1]))
     chex.assert_trees_all_equal(out[1], jnp.zeros_like(out[1]))
+
+  def test_key_lengths_are_cudnn_padding_lengths(self):
+    # Text padding as lengths: cuDNN's padding mask (no bias), min'd with a
+    # kv_len (row 0 must match 17 valid keys, not 29); a row with length 0
+    # gets output 0 and entropy 0. With a bias
+    # mask as well the lengths become a key mask (one mechanism only).
+    q, k, v, _, _ = self._kv_len_inputs()
+    lengths = jnp.array([17, 0], jnp.int32)
+    key_mask = jnp.arange(64)[None] < lengths[:, None]
+    ref_out, ref_ent = _reference(q, k[:, :29], v[:, :29],
+                                  key_mask=key_mask[:, :29])
+    for return_entropy, target in ((False, nn_functions),
+                                   (True, fused_attention_stablehlo)):
+      name = ('dot_product_attention' if return_entropy
+              else 'cudnn_dot_product_attention')
+      _CALLS.clear()
+      with mock.patch.object(target, name, _emulated_cudnn_lengths):
+        res = _fresh_attention()(q, k, v, key_lengths=lengths, kv_len=29,
+                                 implementation='cudnn',
+                                 return_entropy=return_entropy)
+      self.assertLen(_CALLS, 1)
+      self.assertEqual(_CALLS[0]['mask_type'],
+                       fused_attention_stablehlo.MaskType.PADDING)
+      out = res[0] if return_entropy else res
+      chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
+      chex.assert_trees_all_equal(out[1], jnp.zeros_like(out[1]))
+      if return_entropy:
+        _assert_entropy_close(res[1], ref_ent, rtol=1e-4)
+        chex.assert_trees_all_equal(res[1][1], jnp.zeros_like(res[1][1]))
+    mask = jnp.ones((12, 64), bool).at[:, 5].set(False)
+    ref_out = _reference(q, k, v, mask=mask, key_mask=key_mask)[0]
+    _CALLS.clear()
+    with mock.patch.object(nn_functions, 'cudnn_dot_product_attention',
+                           _emulated_cudnn_lengths):
+      out = _fresh_attention()(q, k, v, mask=mask, key_lengths=lengths,
+                               implementation='cudnn')
+    self.assertNotEqual(_CALLS[0]['mask_type'],
+                        fused_attention_stablehlo.MaskType.PADDING)
+    chex.assert_trees_all_close(out, ref_out, atol=_OUT_ATOL, rtol=0)
 
   def test_kv_len_entropy_needs_the_length_arguments(self):
     q, k, v, _, _ = self._kv_len_inputs()

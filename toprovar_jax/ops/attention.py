@@ -131,7 +131,10 @@ def attention(
   if implementation == 'auto':
     implementation = _auto_implementation(q, return_entropy)
 
-  if key_lengths is not None and implementation != 'cudnn':
+  if key_lengths is not None and (implementation != 'cudnn'
+                                  or mask is not None):
+    # Only cuDNN without a bias mask takes the lengths as they are (its
+    # padding mask); everywhere else they become the key mask they stand for.
     key_mask = jnp.arange(k.shape[1])[None] < key_lengths[:, None]
     key_lengths = None
 
@@ -375,15 +378,12 @@ def _cudnn_attention(q, k, v, mask, key_mask, *, scale, return_entropy,
                      kv_len=None, key_lengths=None):
   """cuDNN flash attention; entropy via values [V | K] and the logsumexp.
 
-  kv_len (static, < Nk, or None) and key_lengths ((B,) traced, or None)
-  become cuDNN's padding mask: row b has min(kv_len, key_lengths[b]) valid
-  keys and all Nq queries valid.
+  kv_len (static, < Nk, or None) and key_lengths ((B,) traced, or None;
+  never with `mask`: `attention` turns them into a key mask then) become
+  cuDNN's padding mask: row b has min(kv_len, key_lengths[b]) valid keys and
+  all Nq queries valid.
   """
   batch, num_queries, num_heads, _ = q.shape
-  if key_lengths is not None and mask is not None:
-    # cuDNN's bias and padding mask together: keep one mechanism (the bias).
-    key_mask = jnp.arange(k.shape[1])[None] < key_lengths[:, None]
-    key_lengths = None
   valid = _combine_masks(mask, key_mask)
   if valid is not None:
     # cuDNN takes the mask as a bias of full (·, ·, Nq, Nk) extent.
