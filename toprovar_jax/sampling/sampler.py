@@ -245,22 +245,8 @@ class Sampler:
     branch_store: Dict[int, Dict[int, Tuple[Array, ...]]] = {}
 
     # Per-layer copies of the block weights (and text K/V) for unrolled runs,
-    # made once per call. The barrier keeps XLA from folding the static
-    # slices into every consumer (one more fusion, and one more GEMM
-    # autotuning, per layer and scale).
-    unrolled_any = any(
-        self._unrolled(run, plan.scales[si], cfg.scale_offsets[si + 1]
-                       - cfg.scale_offsets[si])
-        for si in range(num_gen)
-        for run in layout.runs_at_scale(
-            plan, si, split_at_probe=plan.scales[si].probe_layer is not None))
+    # made once per call, at the first unrolled run.
     layer_params = layer_tkv = None
-    if unrolled_any:
-      layer_params, layer_tkv = jax.lax.optimization_barrier(
-          ([jax.tree.map(lambda t, l=l: t[l], params["blocks"])
-            for l in range(cfg.depth)],
-           None if tkv is None else
-           [jax.tree.map(lambda t, l=l: t[l], tkv) for l in range(cfg.depth)]))
 
     # Unrolled layers of one scale and run type share one trace of the block.
     apply_block = _TraceOnce(block.apply)
@@ -339,6 +325,9 @@ class Sampler:
           # instead would copy the run's weights before the loop and the whole
           # segment cache in and out of it at every scale.
           unrolled = self._unrolled(run, sp, n)
+          if unrolled and layer_params is None:
+            layer_params, layer_tkv = _layer_copies(params["blocks"], tkv,
+                                                    cfg.depth)
           lids = (list(range(run.start, run.stop)) if unrolled else
                   range(run.start, run.stop))
           run_layers = functools.partial(
@@ -496,6 +485,18 @@ class Sampler:
     lg = jnp.concatenate(all_logits, axis=1) if all_logits else None
     return Generation(tokens=toks, latent=latent, logits=lg,
                       entropy=tuple(entropies) if entropies else None)
+
+
+def _layer_copies(blocks, tkv, depth: int):
+  """Per-layer copies of the stacked block weights and text K/V (or None).
+
+  The barrier keeps XLA from folding the static slices into every consumer
+  (one more fusion, and one more GEMM autotuning, per layer and scale).
+  """
+  return jax.lax.optimization_barrier(
+      ([jax.tree.map(lambda t, l=l: t[l], blocks) for l in range(depth)],
+       None if tkv is None else
+       [jax.tree.map(lambda t, l=l: t[l], tkv) for l in range(depth)]))
 
 
 class _TraceOnce:
