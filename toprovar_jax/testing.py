@@ -53,3 +53,33 @@ def micro_var():
       name="micro_var", style="var", depth=3, width=64, num_heads=2,
       mlp_hidden=256, schedule=config_lib.square_schedule((1, 2, 3, 4)),
       latent_dim=8, vocab_size=32, num_classes=10, num_level_embeds=4)
+
+
+def with_scales(plan, name: str, fn):
+  """`plan` renamed, with scale s replaced by fn(s, ScalePlan)."""
+  import dataclasses
+  scales = tuple(fn(s, sp) for s, sp in enumerate(plan.scales))
+  return dataclasses.replace(plan, name=name, scales=scales)
+
+
+def probe_sx_plan(cfg, keep=(8, 16), name: str = "pruned"):
+  """A pruned plan for the 4-scale micro configs (unvalidated).
+
+  Scale 2: layers "FSS" keeping keep[0] tokens chosen by the entropy of a
+  probe at layer 0; scale 3: "FSX" keeping keep[1] by the previous scale's
+  entropy, with the unconditional branch dropped (SkipVAR).
+  """
+  import dataclasses
+  from toprovar_jax.sampling import plan as plan_lib
+
+  def fn(s, sp):
+    if s == 2:
+      return dataclasses.replace(sp, layers="FSS", keep=keep[0],
+                                 probe_layer=0, scorer="entropy",
+                                 entropy_from="probe")
+    if s == 3:
+      return dataclasses.replace(sp, layers="FSX", keep=keep[1],
+                                 probe_layer=0, scorer="entropy",
+                                 entropy_from="previous", guidance=False)
+    return sp
+  return with_scales(plan_lib.dense_plan(cfg), name, fn)

@@ -92,24 +92,11 @@ def _num_layer_loops(setup, plan=None, **sampling):
   return text.count("stablehlo.while")
 
 
-def _with_scales(plan, name, fn):
-  scales = tuple(fn(s, sp) for s, sp in enumerate(plan.scales))
-  return dataclasses.replace(plan, name=name, scales=scales)
-
-
 def _probe_plan(cfg):
   """S (select "scale", passthrough) with a probe at scale 2; at scale 3
-  an X layer, entropy from the previous scale and the branch drop."""
-  def fn(s, sp):
-    if s == 2:
-      return dataclasses.replace(sp, layers="FSS", keep=7, probe_layer=0,
-                                 scorer="entropy", entropy_from="probe")
-    if s == 3:
-      return dataclasses.replace(sp, layers="FSX", keep=13, probe_layer=0,
-                                 scorer="entropy", entropy_from="previous",
-                                 guidance=False)
-    return sp
-  return _with_scales(plan_lib.dense_plan(cfg), "probe_sx", fn)
+  an X layer, entropy from the previous scale and the branch drop; K = 7 and
+  13 (multiples of nothing)."""
+  return testing.probe_sx_plan(cfg, keep=(7, 13), name="probe_sx")
 
 
 def _cached_plan(cfg):
@@ -122,7 +109,7 @@ def _cached_plan(cfg):
         sp, layers="S" * cfg.depth, keep=cfg.tokens_per_scale[s] // 2 + 1,
         scorer="frequency", select="sublayer", restore="cached",
         share_cfg=False, cache_from=1)
-  return _with_scales(plan_lib.dense_plan(cfg), "cached_sublayer", fn)
+  return testing.with_scales(plan_lib.dense_plan(cfg), "cached_sublayer", fn)
 
 
 def _x_plan(cfg):
@@ -130,7 +117,7 @@ def _x_plan(cfg):
   last scale writes nothing."""
   def fn(s, sp):
     return dataclasses.replace(sp, layers="FXX" if s == 3 else "FXF")
-  return _with_scales(plan_lib.dense_plan(cfg), "x_layers", fn)
+  return testing.with_scales(plan_lib.dense_plan(cfg), "x_layers", fn)
 
 
 _PLANS = {"dense": lambda cfg: None, "probe_sx": _probe_plan,

@@ -51,11 +51,6 @@ def _dense_out():
   return _run(*_micro())
 
 
-def _with_scales(plan, name, fn):
-  scales = tuple(fn(s, sp) for s, sp in enumerate(plan.scales))
-  return dataclasses.replace(plan, name=name, scales=scales)
-
-
 def _all_sparse(cfg, scorer, select, restore, keep_frac=1.0):
   """S in every layer from scale 2 on (scales 0, 1 dense; 1 is the cache)."""
   dense = plan_lib.dense_plan(cfg)
@@ -69,7 +64,7 @@ def _all_sparse(cfg, scorer, select, restore, keep_frac=1.0):
         scorer=scorer, select=select, restore=restore,
         share_cfg=scorer != "frequency",
         cache_from=1 if restore == "cached" else None)
-  return _with_scales(dense, f"all_s_{scorer}_{select}_{restore}", fn)
+  return testing.with_scales(dense, f"all_s_{scorer}_{select}_{restore}", fn)
 
 
 class EqualitiesTest(parameterized.TestCase):
@@ -91,7 +86,7 @@ class EqualitiesTest(parameterized.TestCase):
   def test_x_layer_equals_deleting_the_block(self):
     cfg, params, cond = _micro()
     dense = plan_lib.dense_plan(cfg)
-    plan = _with_scales(dense, "x1", lambda s, sp: dataclasses.replace(
+    plan = testing.with_scales(dense, "x1", lambda s, sp: dataclasses.replace(
         sp, layers="FXF"))
     out = _run(cfg, params, cond, plan)
     # The same model with block 1 removed.
@@ -106,8 +101,9 @@ class EqualitiesTest(parameterized.TestCase):
   def test_x_layer_at_one_scale_changes_only_that_scale_onwards(self):
     cfg, params, cond = _micro()
     dense = plan_lib.dense_plan(cfg)
-    plan = _with_scales(dense, "x_at_2", lambda s, sp: dataclasses.replace(
-        sp, layers="FXF" if s == 2 else sp.layers))
+    plan = testing.with_scales(
+        dense, "x_at_2", lambda s, sp: dataclasses.replace(
+            sp, layers="FXF" if s == 2 else sp.layers))
     out = _run(cfg, params, cond, plan)
     ref = _dense_out()
     a = cfg.scale_offsets[2]
@@ -135,27 +131,11 @@ class EqualitiesTest(parameterized.TestCase):
     chex.assert_trees_all_close(out.latent, z, atol=1e-6, rtol=0)
 
 
-def _pruned_plan(cfg, name="pruned"):
-  """Entropy from a probe at scale 2, from the previous scale at scale 3."""
-  dense = plan_lib.dense_plan(cfg)
-
-  def fn(s, sp):
-    if s == 2:
-      return dataclasses.replace(sp, layers="FSS", keep=8, probe_layer=0,
-                                 scorer="entropy", entropy_from="probe")
-    if s == 3:
-      return dataclasses.replace(sp, layers="FSX", keep=16, probe_layer=0,
-                                 scorer="entropy", entropy_from="previous",
-                                 guidance=False)
-    return sp
-  return _with_scales(dense, name, fn)
-
-
 class PrunedPlanTest(absltest.TestCase):
 
   def test_no_retrace_across_seeds_and_prompts(self):
     cfg, params, cond = _micro()
-    plan = plan_lib.validate_plan(_pruned_plan(cfg), cfg)
+    plan = plan_lib.validate_plan(testing.probe_sx_plan(cfg), cfg)
     smp = sampler_lib.Sampler(
         model=cfg, tokenizer=None, plan=plan,
         sampling=sampler_lib.SamplingConfig(top_k=0, top_p=0.9))
@@ -173,13 +153,15 @@ class PrunedPlanTest(absltest.TestCase):
     cfg, params, cond = _micro()
     gen = sampler_lib.Sampler.generate
     before = gen._cache_size()
-    smp = _sampler(cfg, plan_lib.validate_plan(_pruned_plan(cfg, "p2"), cfg))
+    p2 = lambda: plan_lib.validate_plan(
+        testing.probe_sx_plan(cfg, name="p2"), cfg)
+    smp = _sampler(cfg, p2())
     for seed in (0, 1, 2):
       smp.generate(params, None, jax.random.key(seed), jnp.float32(3.0),
                    jnp.float32(1.0), **cond)
     self.assertEqual(gen._cache_size(), before + 1)
     # An equal plan built separately is the same static argument.
-    smp2 = _sampler(cfg, plan_lib.validate_plan(_pruned_plan(cfg, "p2"), cfg))
+    smp2 = _sampler(cfg, p2())
     smp2.generate(params, None, jax.random.key(5), jnp.float32(3.0),
                   jnp.float32(1.0), **cond)
     self.assertEqual(gen._cache_size(), before + 1)
