@@ -151,12 +151,7 @@ def _compile_only(setup):
         entropy_impl=entropy_impl, layer_unroll=unroll, kv_read=kv_read,
         unroll_tokens=unroll_tokens, layer_loop=_LAYER_LOOP.value))
     logging.info("%s", rows[-1])
-    result = {"setup": dataclasses.asdict(setup),
-              "device": str(jax.devices()[0]), "jax": jax.__version__,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "commit": _commit(),
-              "source_digest": benchmarking.source_digest(),
-              "compile_only": rows}
+    result = {**_metadata(setup), "compile_only": rows}
     with open(os.path.join(_OUT.value, "results.json"), "w") as f:
       json.dump(result, f, indent=1)
     lines = [f"Compile only, {setup.variant}, backend {rows[0]['backend']}, "
@@ -180,17 +175,21 @@ def _write(setup, rows, errors):
   for r in rows:
     if dense:
       r["measured_speedup"] = dense["transformer_s"] / r["transformer_s"]
-  result = {
-      "setup": dataclasses.asdict(setup), "device": str(jax.devices()[0]),
-      "jax": jax.__version__,
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      "commit": _commit(), "source_digest": benchmarking.source_digest(),
-      "peak_memory_gib": benchmarking.peak_memory_gib(),
-      "plans": rows, "errors": errors}
+  result = {**_metadata(setup),
+            "peak_memory_gib": benchmarking.peak_memory_gib(),
+            "plans": rows, "errors": errors}
   with open(os.path.join(_OUT.value, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(_OUT.value, "benchmarks.md"), "w") as f:
     f.write(_markdown(result))
+
+
+def _metadata(setup):
+  """What every results.json records about the run."""
+  return {"setup": dataclasses.asdict(setup), "device": str(jax.devices()[0]),
+          "jax": jax.__version__,
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+          "commit": _commit(), "source_digest": benchmarking.source_digest()}
 
 
 def _commit():

@@ -108,22 +108,17 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   smp = _sampler(cfg, tok, setup, plan, entropy_impl=entropy_impl,
                  layer_unroll=layer_unroll, kv_read=kv_read,
                  unroll_tokens=unroll_tokens, layer_loop=layer_loop)
-  rng = jax.random.key(0)
-  g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
-  tau = jnp.float32(0.5)
-  args = (params, vparams if cfg.style == "var" else None, rng, g, tau)
+  args = _generate_args(cfg, params, vparams, cond)
 
   t = time.perf_counter()
-  compiled = jax.jit(smp._generate).lower(
-      *args, cond.get("labels"), cond.get("text"), cond.get("text_mask"),
-      None).compile()
+  compiled = jax.jit(smp._generate).lower(*args).compile()
   compile_s = time.perf_counter() - t
+  hlo_text = compiled.as_text() if hlo_path or profile_dir else None
   if hlo_path:
     import gzip
     with gzip.open(hlo_path, "wt") as f:
-      f.write(compiled.as_text())
-  run = lambda: compiled(*args, cond.get("labels"), cond.get("text"),
-                         cond.get("text_mask"), None)
+      f.write(hlo_text)
+  run = lambda: compiled(*args)
   decode = jax.jit(lambda vp, z: vae_model.apply(vp, z.astype(
       jnp.dtype(setup.dtype)), method=type(vae_model).decode))
   out = run()
@@ -133,7 +128,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   times_dec_only = _time(lambda: decode(vparams, out.latent), runs)
   fl = flops_lib.plan_flops(plan, cfg)
   dense_fl = flops_lib.dense_flops(cfg)
-  prof = (profile_summary(run, profile_dir, hlo_text=compiled.as_text())
+  prof = (profile_summary(run, profile_dir, hlo_text=hlo_text)
           if profile_dir else None)
   return {
       "profile": prof,
@@ -174,6 +169,15 @@ def source_digest() -> str:
   return h.hexdigest()[:12]
 
 
+def _generate_args(cfg, params, vparams, cond):
+  """Positional arguments of `Sampler._generate` for a benchmark call: seed
+  0, the official guidance (Infinity 3, VAR 1.5) and τ 0.5, no forcing."""
+  g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
+  return (params, vparams if cfg.style == "var" else None, jax.random.key(0),
+          g, jnp.float32(0.5), cond.get("labels"), cond.get("text"),
+          cond.get("text_mask"), None)
+
+
 def _sampler(cfg, tok, setup: BenchSetup, plan, **sampling):
   return sampler_lib.Sampler(
       model=cfg, tokenizer=tok, plan=plan,
@@ -190,12 +194,9 @@ def compile_plan(cfg, tok, params, vparams, cond, setup: BenchSetup,
   True)`): nothing runs. `sampling` are SamplingConfig fields.
   """
   smp = _sampler(cfg, tok, setup, plan, **sampling)
-  g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
   t0 = time.perf_counter()
   lowered = jax.jit(smp._generate).lower(
-      params, vparams if cfg.style == "var" else None, jax.random.key(0), g,
-      jnp.float32(0.5), cond.get("labels"), cond.get("text"),
-      cond.get("text_mask"), None)
+      *_generate_args(cfg, params, vparams, cond))
   t1 = time.perf_counter()
   lowered.compile()
   t2 = time.perf_counter()
@@ -240,7 +241,8 @@ def profile_summary(fn, logdir: str, top: int = 40,
   agg: Dict[str, List[float]] = {}
   busy = 0.0
   layout = [(p.name, [ln.name for ln in p.lines][:12]) for p in data.planes]
-  for ev in _device_events(data):
+  events = _device_events(data)
+  for ev in events:
     ms = (ev[1] - ev[0]) / 1e6
     busy += ms
     a = agg.setdefault(ev[2], [0.0, 0])
@@ -249,9 +251,9 @@ def profile_summary(fn, logdir: str, top: int = 40,
   kernels = sorted(((k, v[0], v[1]) for k, v in agg.items()),
                    key=lambda x: -x[1])[:top]
   out = {"device_busy_ms": busy, "wall_ms": wall * 1e3, "kernels": kernels,
-         "layout": layout, "gaps": _idle_gaps(data)}
+         "layout": layout, "gaps": _idle_gaps(events)}
   if hlo_text is not None:
-    out["scales"] = scale_timeline(_device_events(data), hlo_scopes(hlo_text))
+    out["scales"] = scale_timeline(events, hlo_scopes(hlo_text))
   out["event_stats_sample"] = _stats_sample(data)
   return out
 
@@ -407,14 +409,14 @@ def scale_timeline(events, scopes: Dict[str, int]) -> Dict[str, Any]:
           "unattributed_top": unattr.most_common(8), "inherited_ms": inherited}
 
 
-def _idle_gaps(data, top: int = 15) -> Dict[str, Any]:
+def _idle_gaps(events, top: int = 15) -> Dict[str, Any]:
   """Idle time between consecutive GPU kernels (all streams merged).
 
   The biggest gaps, with the kernels around them, show where the device waits
   for the host (while-loop predicates, launches) rather than computing.
+  events: (start_ns, end_ns, name, hlo_op) from `_device_events`.
   """
-  evs = sorted((start, end, name) for start, end, name, _ in
-               _device_events(data))
+  evs = sorted((start, end, name) for start, end, name, _ in events)
   gaps, end, prev = [], None, None
   for start, stop, name in evs:
     if end is not None and start > end:
