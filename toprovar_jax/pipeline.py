@@ -102,7 +102,7 @@ def _validate_sampling(config, model: config_lib.TransformerConfig) -> None:
     _fail("sampling.attn_impl", f"{s.attn_impl!r} is not one of {_ATTN_IMPLS}")
   if s.top_k < 0:
     _fail("sampling.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
-  if s.get("unroll_tokens", 0) < 0:
+  if s.unroll_tokens < 0:
     _fail("sampling.unroll_tokens",
           f"must be >= 0 (0 = scan every run), got {s.unroll_tokens}")
   if not 0.0 <= s.top_p <= 1.0:
@@ -167,7 +167,7 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
   sampling = sampler_lib.SamplingConfig(
       top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
       attn_impl=config.sampling.attn_impl, dtype=config.model.dtype,
-      unroll_tokens=int(config.sampling.get("unroll_tokens", 0)))
+      unroll_tokens=int(config.sampling.unroll_tokens))
   specs = plan_specs(config)
   plans = [plan_lib.load_plan(specs[0], model)]
   for i, spec in enumerate(specs[1:]):
