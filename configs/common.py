@@ -164,7 +164,8 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.attn_impl = "xla"
   # Unroll the runs of layers that see at most this many tokens per row
   # (0 = scan all). GPU: faster small scales, longer compile (BENCHMARKS.md:
-  # Infinity-2B dense 0.291 -> 0.267 s at 1024, compile 25 -> 131 s).
+  # Infinity-2B at 256: dense 0.291 -> 0.277 s, compile 25 -> 78 s; paper
+  # plan 0.159 -> 0.138 s, compile 46 -> 99 s).
   config.sampling.unroll_tokens = 0
   # Static padded text length T; longer prompts are truncated (SPEC §2, §11).
   config.sampling.text_len = text_len if style == "infinity" else 0

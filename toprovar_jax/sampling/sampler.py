@@ -85,7 +85,10 @@ class SamplingConfig:
       id, so every per-layer slice is a function of the loop's induction
       variable: the form XLA's dynamic-slice fusion
       (--xla_gpu_enable_dynamic_slice_fusion) needs to let a cuBLAS GEMM read
-      the layer's weights in place). Same numbers either way.
+      the layer's weights in place). Same numbers either way. Measured on an
+      H200 with jax 0.11.2 (BENCHMARKS.md runs 10-11), the fusion then reads
+      the weights in place but the program is slower than the scan with its
+      weight copies; "scan" stays the default.
     kv_read: how a layer reads its KV cache: "slice" (prefix slice + concat
       with the new keys) or "buffer" (write first, attend over the whole
       cache row with a static kv_len; no copy). See the module docstring.
