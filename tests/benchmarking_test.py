@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from experiments import benchmark
 from toprovar_jax import benchmarking
+from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
 
 _HLO = """\
@@ -146,6 +147,28 @@ class CompileOnlyTest(absltest.TestCase):
                      ("dense", jax.default_backend(), 4))
     self.assertGreater(row["compile_s"], 0.0)
     self.assertGreater(row["lower_s"], 0.0)
+
+
+class CompileBlockChainTest(absltest.TestCase):
+
+  def test_every_block_is_compiled_in_one_or_several_programs(self):
+    cfg = testing.micro_infinity()
+    kw = dict(tokens=8, text_len=8, dtype="float32")
+    one = benchmarking.compile_block_chain(cfg, 1, **kw)
+    whole = benchmarking.compile_block_chain(cfg, 4, **kw)
+    split = benchmarking.compile_block_chain(cfg, 4, programs=2, **kw)
+    # Per block: qkv, SA proj, CA q, CA proj, fc1, fc2 and two products in
+    # each of the two XLA attentions.
+    self.assertEqual(one["dot_generals"], 10)
+    self.assertEqual(whole["dot_generals"], 4 * one["dot_generals"])
+    self.assertEqual(split["dot_generals"], whole["dot_generals"])
+    self.assertEqual((split["layers"], split["programs"]), (4, 2))
+    self.assertGreater(split["compile_s"], 0.0)
+
+  def test_split_must_divide_the_layers(self):
+    with self.assertRaisesRegex(ValueError, r"layers \(6\) must be a "
+                                r"positive multiple of programs \(4\)"):
+      benchmarking.compile_block_chain(testing.micro_var(), 6, programs=4)
 
 
 class SourceDigestTest(absltest.TestCase):

@@ -204,6 +204,64 @@ def compile_plan(cfg, tok, params, vparams, cond, setup: BenchSetup,
           "lower_s": t1 - t0, "compile_s": t2 - t1, **sampling}
 
 
+def compile_block_chain(cfg, layers: int, *, programs: int = 1,
+                        tokens: int = 64, rows: int = 2, text_len: int = 64,
+                        dtype: str = "bfloat16",
+                        attn_impl: str = "xla") -> Dict[str, Any]:
+  """Compile time of `layers` unrolled blocks, as one or several programs.
+
+  The blocks (each with its own abstract weights, nothing allocated) run in
+  sequence on (rows, tokens, C) with `text_len` text tokens, no KV prefix:
+  what `SamplingConfig.unroll_tokens` puts into the generation program for
+  one scale. `programs` > 1 splits the chain into that many separately
+  lowered and compiled programs (the compile cost of per-scale programs);
+  program i runs tokens + i tokens per row, so no two are the same program
+  (jax would reuse the executable of an identical one, as it does for the
+  same program at the same shapes).
+
+  Returns {"layers", "programs", "lower_s", "compile_s", "dot_generals"}
+  (sums over the programs; `dot_generals` counts the matrix products in the
+  lowered programs, a check that every block is really there).
+  """
+  if layers < 1 or programs < 1 or layers % programs:
+    raise ValueError(f"layers ({layers}) must be a positive multiple of "
+                     f"programs ({programs})")
+  dt = jnp.dtype(dtype)
+  block = transformer.block_module(cfg, dt)
+  x_at = lambda n: jax.ShapeDtypeStruct((rows, n, cfg.width), jnp.float32)
+  x = x_at(tokens)
+  ada_shape = ((rows, 6, cfg.width) if cfg.shared_aln else (rows, cfg.width))
+  ada = jax.ShapeDtypeStruct(ada_shape, jnp.float32)
+  ctx = {}
+  if cfg.style == "infinity":
+    kv = jax.ShapeDtypeStruct((rows, text_len, cfg.num_heads, cfg.head_dim),
+                              dt)
+    ctx = dict(text_kv=(kv, kv))
+  zeros = lambda t: jnp.zeros(t.shape, t.dtype)
+  p = jax.eval_shape(lambda: block.init(
+      jax.random.key(0), zeros(x), zeros(ada),
+      **jax.tree.map(zeros, ctx)))
+
+  def chain(ps, x, ada, ctx):
+    for q in ps:
+      x, _ = block.apply(q, x, ada, impl=attn_impl, **ctx)
+    return x
+
+  per = layers // programs
+  lower_s = compile_s = 0.0
+  dots = 0
+  for i in range(programs):
+    t0 = time.perf_counter()
+    lowered = jax.jit(chain).lower([p] * per, x_at(tokens + i), ada, ctx)
+    t1 = time.perf_counter()
+    lowered.compile()
+    lower_s += t1 - t0
+    compile_s += time.perf_counter() - t1
+    dots += lowered.as_text().count("stablehlo.dot_general")
+  return {"layers": layers, "programs": programs, "lower_s": lower_s,
+          "compile_s": compile_s, "dot_generals": dots}
+
+
 def result_key(r: Dict[str, Any]) -> str:
   """'plan@entropy_impl#uN', plus '%kv_read' when not the default "slice"
   and '^N' when runs are unrolled (the spelling `experiments/benchmark.py
