@@ -20,6 +20,7 @@ from absl import logging
 import jax
 
 from toprovar_jax import benchmarking
+from toprovar_jax import io
 from toprovar_jax.models import config as config_lib
 
 _VARIANT = flags.DEFINE_string("variant", "infinity_2b", "Model variant.")
@@ -43,9 +44,7 @@ def main(argv):
                          f"--split={_SPLIT.value}")
   rows = []
   for n in layers:
-    for programs in ([1, n // _SPLIT.value] if _SPLIT.value else [1]):
-      if programs == 1 and rows and rows[-1]["layers"] == n:
-        continue
+    for programs in sorted({1, n // _SPLIT.value} if _SPLIT.value else {1}):
       r = benchmarking.compile_block_chain(cfg, n, programs=programs,
                                            tokens=_TOKENS.value,
                                            attn_impl=_ATTN.value)
@@ -58,8 +57,7 @@ def main(argv):
             "tokens": _TOKENS.value,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "source_digest": benchmarking.source_digest(), "rows": rows}
-  with open(os.path.join(_OUT.value, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  io.write_json_atomic(os.path.join(_OUT.value, "results.json"), result)
   lines = ["| blocks | programs | lower s | compile s |", "|---|---|---|---|"]
   lines += [f"| {r['layers']} | {r['programs']} | {r['lower_s']:.1f} | "
             f"{r['compile_s']:.1f} |" for r in rows]

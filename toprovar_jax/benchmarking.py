@@ -110,9 +110,8 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
                  unroll_tokens=unroll_tokens, layer_loop=layer_loop)
   args = _generate_args(cfg, params, vparams, cond)
 
-  t = time.perf_counter()
-  compiled = jax.jit(smp._generate).lower(*args).compile()
-  compile_s = time.perf_counter() - t
+  _, compiled, lower_s, compile_s = _lower_and_compile(smp._generate, *args)
+  compile_s += lower_s  # what a user waits for before the first call
   hlo_text = compiled.as_text() if hlo_path or profile_dir else None
   if hlo_path:
     import gzip
@@ -194,14 +193,20 @@ def compile_plan(cfg, tok, params, vparams, cond, setup: BenchSetup,
   True)`): nothing runs. `sampling` are SamplingConfig fields.
   """
   smp = _sampler(cfg, tok, setup, plan, **sampling)
-  t0 = time.perf_counter()
-  lowered = jax.jit(smp._generate).lower(
-      *_generate_args(cfg, params, vparams, cond))
-  t1 = time.perf_counter()
-  lowered.compile()
-  t2 = time.perf_counter()
+  _, _, lower_s, compile_s = _lower_and_compile(
+      smp._generate, *_generate_args(cfg, params, vparams, cond))
   return {"plan": plan.name, "backend": jax.default_backend(),
-          "lower_s": t1 - t0, "compile_s": t2 - t1, **sampling}
+          "lower_s": lower_s, "compile_s": compile_s, **sampling}
+
+
+def _lower_and_compile(fn, *args):
+  """(lowered, compiled, lower seconds, compile seconds) of jit(fn)(*args);
+  args may be ShapeDtypeStructs."""
+  t0 = time.perf_counter()
+  lowered = jax.jit(fn).lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  return lowered, compiled, t1 - t0, time.perf_counter() - t1
 
 
 def compile_block_chain(cfg, layers: int, *, programs: int = 1,
@@ -251,12 +256,10 @@ def compile_block_chain(cfg, layers: int, *, programs: int = 1,
   lower_s = compile_s = 0.0
   dots = 0
   for i in range(programs):
-    t0 = time.perf_counter()
-    lowered = jax.jit(chain).lower([p] * per, x_at(tokens + i), ada, ctx)
-    t1 = time.perf_counter()
-    lowered.compile()
-    lower_s += t1 - t0
-    compile_s += time.perf_counter() - t1
+    lowered, _, lo, co = _lower_and_compile(chain, [p] * per,
+                                            x_at(tokens + i), ada, ctx)
+    lower_s += lo
+    compile_s += co
     dots += lowered.as_text().count("stablehlo.dot_general")
   return {"layers": layers, "programs": programs, "lower_s": lower_s,
           "compile_s": compile_s, "dot_generals": dots}
