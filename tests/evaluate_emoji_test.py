@@ -171,8 +171,15 @@ class EvaluateEmojiTest(absltest.TestCase):
     self.assertEqual(tok["num_images"], len(_HELD))
     self.assertTrue(np.isfinite(tok["psnr"]) and tok["psnr"] > 0)
     self.assertBetween(tok["ssim"], -1.0, 1.0)
+    train = self.results["train"]
     self.assertEqual(self.results["target"]["met"],
-                     self.results["train"]["top5"] >= 0.5)
+                     train["top1"] >= 0.85 and train["top5"] >= 0.97)
+    for name, c in (("train", _TRAIN), ("heldout", len(_HELD))):
+      div = self.results[name]["diversity"]
+      self.assertLen(div["per_caption"], c)
+      self.assertAlmostEqual(div["within"], np.mean(div["per_caption"]))
+      self.assertGreaterEqual(div["within"], 0.0)
+      self.assertGreater(div["between"], 0.0)
     for key in ("tokenizer_eval_s", "compile_generate_s", "generate_s",
                 "decode_s", "lpips_s", "total_s"):
       self.assertGreaterEqual(self.results["timings"][key], 0.0)

@@ -99,6 +99,34 @@ class NeighboursTest(absltest.TestCase):
     np.testing.assert_allclose(got, [2 / 3, 0.0, 1 / 3])
 
 
+class DiversityTest(absltest.TestCase):
+
+  def test_known_values(self):
+    # Two captions of three samples: pairs within caption 0 are 1, 2, 3 apart
+    # (mean 2), within caption 1 all 4; every cross-caption pair is 6.
+    d = np.full((6, 6), 6.0)
+    d[:3, :3] = [[0, 1, 2], [1, 0, 3], [2, 3, 0]]
+    d[3:, 3:] = 4.0 - 4.0 * np.eye(3)
+    got = retrieval.diversity(d, 3)
+    self.assertEqual(got["per_caption"], [2.0, 4.0])
+    self.assertEqual(got["within"], 3.0)
+    self.assertEqual(got["between"], 6.0)
+    self.assertEqual(got["ratio"], 0.5)
+
+  def test_copies_have_no_diversity_and_one_caption_no_between(self):
+    got = retrieval.diversity(np.zeros((4, 4)), 4)
+    self.assertEqual((got["within"], got["between"], got["ratio"]),
+                     (0.0, None, None))
+
+  def test_bad_shapes(self):
+    with self.assertRaisesRegex(ValueError, "square"):
+      retrieval.diversity(np.zeros((4, 2)), 2)
+    with self.assertRaisesRegex(ValueError, "group_size: 3"):
+      retrieval.diversity(np.zeros((4, 4)), 3)
+    with self.assertRaisesRegex(ValueError, "group_size: 1"):
+      retrieval.diversity(np.zeros((4, 4)), 1)
+
+
 class LpipsRetrievalTest(absltest.TestCase):
 
   def test_noisy_copies_find_their_original(self):

@@ -9,6 +9,9 @@ sample, the index of its true reference (the emoji of its caption):
                    caption's text neighbours) than to the other references
   text_neighbours  the K nearest reference captions in a sentence-embedding
                    space (MiniLM), the sets `set_auc` scores
+  diversity        mean distance between the samples of one caption (from a
+                   samples x samples matrix), next to that between samples of
+                   different captions
 
 Ties count against the sample: a reference exactly as close as the true one
 ranks ahead of it, so a degenerate sample equidistant from everything ranks
@@ -164,3 +167,46 @@ def set_auc(distances: np.ndarray, positives: np.ndarray,
     wins = (d_neg > d_pos).sum(axis=1) + 0.5 * (d_neg == d_pos).sum(axis=1)
     out[i] = float(np.mean(wins / max(len(d_neg), 1)))
   return out
+
+
+def diversity(distances: np.ndarray, group_size: int) -> Dict[str, Any]:
+  """How different the samples of one caption are from each other.
+
+  Args:
+    distances: (M, M) symmetric sample-to-sample distances (e.g. LPIPS),
+      samples grouped caption-major: rows g*R .. g*R + R - 1 are the R
+      samples of caption g.
+    group_size: R >= 2, samples per caption.
+
+  Returns:
+    within: mean over captions of the mean distance over the R (R - 1) / 2
+      pairs of that caption's samples (0 = identical samples);
+    per_caption: (C,) those per-caption means, as a list;
+    between: mean distance between samples of different captions (the
+      scale `within` is read against; None for a single caption);
+    ratio: within / between (None without `between`).
+
+  Raises:
+    ValueError: not square, R < 2, or M not a multiple of R.
+  """
+  d = np.asarray(distances, np.float64)
+  m = d.shape[0]
+  if d.ndim != 2 or d.shape[1] != m:
+    raise ValueError(f"distances: expected a square (M, M) matrix, got "
+                     f"{d.shape}")
+  if group_size < 2 or m % group_size:
+    raise ValueError(f"group_size: {group_size} must be >= 2 and divide the "
+                     f"{m} samples")
+  c, r = m // group_size, group_size
+  blocks = d.reshape(c, r, c, r)
+  own = blocks[np.arange(c), :, np.arange(c), :]  # (C, R, R)
+  upper = np.triu_indices(r, k=1)
+  per_caption = own[:, upper[0], upper[1]].mean(axis=1)  # (C,)
+  between = None
+  if c > 1:
+    other = ~np.eye(c, dtype=bool)[:, None, :, None].repeat(r, 1).repeat(r, 3)
+    between = float(blocks[other].mean())
+  within = float(per_caption.mean())
+  return dict(within=within, per_caption=per_caption.tolist(),
+              between=between,
+              ratio=None if not between else within / between)
