@@ -24,12 +24,14 @@ Inputs: `experiments/build_emoji_dataset.py` (dataset npz) and
 `experiments/encode_captions.py` (caption features npz: captions,
 token_features, mask).
 
-Sizing for one H200 (estimates; XLA's FLOP count, bf16):
-  tokenizer    5.1M params, ~2.6 TFLOP a step at batch 64: ~15-30 steps/s,
-               6k steps in ~4-7 min, one command.
-  transformer  9.4M params, 655 tokens, ~5.6 TFLOP a step at batch 128
-               (frozen encoder included): ~12-25 steps/s, 10k steps in
-               ~7-14 min, one or two commands.
+Sizing (model v2: `experiments/train_cost.py` prints XLA's FLOP count of a
+step; the GPU plan is in scripts/train_emoji_gpu.sh):
+  tokenizer    3.37M params (encoder 1.35M, decoder 2.02M), stride 4, batch
+               64.
+  transformer  10.1M params, 16 layers x 192, 2,630 tokens, batch 64; XLA
+               attention keeps (B, H, L, L) probabilities per layer, so it
+               runs with `model.remat` (blocks recomputed in the backward
+               pass); cuDNN attention (flash) needs no remat.
 """
 
 from configs import common
@@ -56,6 +58,10 @@ def get_config(arg=None):
       config.model.variant = "_emoji_tiny"
     # Transformer self-attention in training: 'xla' | 'cudnn' | 'pallas'.
     config.model.attn_impl = "xla"
+    # Recompute every block in the backward pass (jax.checkpoint) instead of
+    # keeping its activations: needed with 'xla' attention at v2's 2,630
+    # tokens (a layer's probabilities are ~5 GB at batch 64).
+    config.model.remat = not tiny
     # The transformer stage reads the trained tokenizer from ckpt.tokenizer:
     # the tokenizer workdir, its export/ folder or an orbax params folder.
 
@@ -78,13 +84,16 @@ def get_config(arg=None):
                           white_prob=0.2 if tok_stage else 1.0)
 
     # Images per step, and optimiser steps over all commands.
-    config.batch_size = 8 if tiny else (64 if tok_stage else 128)
+    # (experiments/train_emoji.py replaces train_steps with what its rate
+    # probe fits into the time budget.)
+    config.batch_size = 8 if tiny else 64
     config.train_steps = 6 if tiny else (6000 if tok_stage else 10000)
 
     config.optim = dict(
         # Peak AdamW rate; linear warmup, then cosine to end_lr_frac * peak.
         learning_rate=4e-4 if tok_stage else 1e-3,
-        warmup_steps=2 if tiny else 500,
+        # The rate probe of train_emoji.py stays inside the warm-up.
+        warmup_steps=2 if tiny else (500 if tok_stage else 400),
         end_lr_frac=0.05,
         # Decoupled, on matrices / kernels only (loop.make_optimizer).
         weight_decay=0.0 if tok_stage else 0.05,

@@ -39,7 +39,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (resumed).")
 # May change between the commands of one training; nothing else may.
 _MUTABLE = ("loop", "train_steps", "data.workers", "data.num_eval",
-            "model.attn_impl", "sampling", "sparsity", "ckpt.transformer")
+            "model.attn_impl", "model.remat", "sampling", "sparsity",
+            "ckpt.transformer")
 
 
 def _to_float(batch):  # on device: uint8 -> [-1, 1], as emoji.augment does
@@ -93,7 +94,7 @@ def main(argv):
     step = functools.partial(
         transformer.train_step, model_cfg=model_cfg, tok_cfg=tok_cfg, tx=tx,
         dtype=config.model.dtype, impl=config.model.attn_impl,
-        **config.transformer)
+        remat=config.model.remat, **config.transformer)
     stage_kw = dict(
         init_fn=lambda: transformer.init_state(model_cfg, k_init, tx),
         train_step=lambda s, b, r, tok: step(s, tok, _to_float(b), r),

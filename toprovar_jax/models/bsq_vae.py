@@ -19,6 +19,14 @@ Parity notes against the PyTorch code:
     align_corners=False and no antialias, even when it shrinks; 'area' is
     adaptive average pooling. Both come from `toprovar_jax.ops.resample`.
 
+Border padding (`BSQConfig.padding`): 'zeros' is the official VAE. 'edge'
+(our emoji model v2) pads every conv with copies of the edge pixels instead,
+so a spatially constant input stays exactly constant through every layer
+(convs, GroupNorm, swish, nearest upsampling): the networks cannot paint a
+fixed pattern onto a flat background near the border, as v1's zero-padded
+decoder learned to (a multicoloured speck ~8-20 px from the top-left corner
+of every image; BENCHMARKS.md, "The top-left speck of model v1").
+
 The schedule is a static tuple of (h, w) VAE-grid sizes, coarse to fine, whose
 last entry is normally the full grid (H, W).
 """
@@ -55,8 +63,23 @@ def _group_norm(name: str) -> nn.GroupNorm:
                       use_fast_variance=False, name=name)
 
 
-def _conv3x3(features: int, name: str) -> nn.Conv:
-  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
+def _pad_hw(x: Array, before: int, after: int, mode: str) -> Array:
+  """Pads H and W of (B, H, W, C): zeros, or copies of the edge pixels."""
+  widths = ((0, 0), (before, after), (before, after), (0, 0))
+  return jnp.pad(x, widths, mode='edge' if mode == 'edge' else 'constant')
+
+
+def _conv3x3(features: int, name: str, padding: str = 'zeros'):
+  """A 3x3 'same' conv: (B, H, W, C) -> (B, H, W, features).
+
+  `padding` 'zeros' is the official conv; 'edge' pads with the edge pixels
+  and runs a VALID conv (same parameters), so the conv has no way to tell
+  where the image border is from a flat input (see `BSQConfig.padding`).
+  """
+  if padding == 'zeros':
+    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
+  conv = nn.Conv(features, (3, 3), padding='VALID', name=name)
+  return lambda x: conv(_pad_hw(x, 1, 1, padding))
 
 
 class ResnetBlock(nn.Module):
@@ -65,40 +88,45 @@ class ResnetBlock(nn.Module):
   Attributes:
     features: output channels; a 1x1 `nin_shortcut` exists iff they differ
       from the input channels.
+    padding: 'zeros' or 'edge' (`BSQConfig.padding`).
   """
   features: int
+  padding: str = 'zeros'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """(B, H, W, C_in) -> (B, H, W, features)."""
     h = nn.swish(_group_norm('norm1')(x))
-    h = _conv3x3(self.features, 'conv1')(h)
+    h = _conv3x3(self.features, 'conv1', self.padding)(h)
     h = nn.swish(_group_norm('norm2')(h))
-    h = _conv3x3(self.features, 'conv2')(h)
+    h = _conv3x3(self.features, 'conv2', self.padding)(h)
     if x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), name='nin_shortcut')(x)
     return x + h
 
 
 class Downsample(nn.Module):
-  """Halves H and W: zero pad right/bottom by one, VALID stride-2 conv3x3."""
+  """Halves H and W: pad right/bottom by one, VALID stride-2 conv3x3."""
+  padding: str = 'zeros'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """(B, H, W, C) -> (B, H/2, W/2, C) for even H, W."""
     # torch pads (0, 1, 0, 1): nothing on the top/left, one on bottom/right.
-    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    x = _pad_hw(x, 0, 1, self.padding)
     return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding='VALID',
                    name='conv')(x)
 
 
 class Upsample(nn.Module):
   """Doubles H and W: nearest-neighbour x2, then conv3x3."""
+  padding: str = 'zeros'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """(B, H, W, C) -> (B, 2H, 2W, C)."""
-    return _conv3x3(x.shape[-1], 'conv')(resample.nearest_upsample2x(x))
+    return _conv3x3(x.shape[-1], 'conv', self.padding)(
+        resample.nearest_upsample2x(x))
 
 
 class _Level(nn.Module):
@@ -107,15 +135,16 @@ class _Level(nn.Module):
   num_blocks: int
   down: bool = False
   up: bool = False
+  padding: str = 'zeros'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for b in range(self.num_blocks):
-      x = ResnetBlock(self.features, name=f'block_{b}')(x)
+      x = ResnetBlock(self.features, self.padding, name=f'block_{b}')(x)
     if self.down:
-      x = Downsample(name='downsample')(x)
+      x = Downsample(self.padding, name='downsample')(x)
     if self.up:
-      x = Upsample(name='upsample')(x)
+      x = Upsample(self.padding, name='upsample')(x)
     return x
 
 
@@ -136,16 +165,17 @@ class Encoder(nn.Module):
   def __call__(self, img: Array) -> Array:
     cfg = self.cfg
     n_down = _num_resamples(cfg)
-    x = _conv3x3(cfg.base_ch, 'conv_in')(img)
+    pad = cfg.padding
+    x = _conv3x3(cfg.base_ch, 'conv_in', pad)(img)
     for lvl, mult in enumerate(cfg.ch_mult):
       # Official: downsample at every level i < log2(patch_size).
       x = _Level(cfg.base_ch * mult, cfg.num_res_blocks, down=lvl < n_down,
-                 name=f'down_{lvl}')(x)
+                 padding=pad, name=f'down_{lvl}')(x)
     width = x.shape[-1]
-    x = ResnetBlock(width, name='mid_block_1')(x)
-    x = ResnetBlock(width, name='mid_block_2')(x)
+    x = ResnetBlock(width, pad, name='mid_block_1')(x)
+    x = ResnetBlock(width, pad, name='mid_block_2')(x)
     x = nn.swish(_group_norm('norm_out')(x))
-    return _conv3x3(cfg.codebook_dim, 'conv_out')(x)
+    return _conv3x3(cfg.codebook_dim, 'conv_out', pad)(x)
 
 
 class Decoder(nn.Module):
@@ -156,18 +186,19 @@ class Decoder(nn.Module):
   def __call__(self, z: Array) -> Array:
     cfg = self.cfg
     n_up = _num_resamples(cfg)
+    pad = cfg.padding
     width = cfg.base_ch * cfg.ch_mult[-1]
-    x = _conv3x3(width, 'conv_in')(z)
-    x = ResnetBlock(width, name='mid_block_1')(x)
-    x = ResnetBlock(width, name='mid_block_2')(x)
+    x = _conv3x3(width, 'conv_in', pad)(z)
+    x = ResnetBlock(width, pad, name='mid_block_1')(x)
+    x = ResnetBlock(width, pad, name='mid_block_2')(x)
     # Levels run coarse to fine; the official `up.{lvl}` index is kept in the
     # name, and levels 1..log2(stride) upsample after their blocks (Flux's
     # offset-by-one relative to the encoder).
     for lvl in reversed(range(len(cfg.ch_mult))):
       x = _Level(cfg.base_ch * cfg.ch_mult[lvl], cfg.num_res_blocks + 1,
-                 up=1 <= lvl <= n_up, name=f'up_{lvl}')(x)
+                 up=1 <= lvl <= n_up, padding=pad, name=f'up_{lvl}')(x)
     x = nn.swish(_group_norm('norm_out')(x))
-    return _conv3x3(3, 'conv_out')(x)
+    return _conv3x3(3, 'conv_out', pad)(x)
 
 
 # --------------------------------------------------------------------------

@@ -209,12 +209,23 @@ class VQVAEConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BSQConfig:
-  """Infinity's BSQ VAE (ARCHITECTURES B.4)."""
+  """Infinity's BSQ VAE (ARCHITECTURES B.4).
+
+  `padding`: how every conv pads the border, 'zeros' (the official VAE) or
+  'edge' (copies of the edge pixels: a flat input stays flat; the emoji
+  model, `models.bsq_vae` module docstring).
+  """
   base_ch: int = 128
   ch_mult: Tuple[int, ...] = (1, 2, 4, 4, 4)
   num_res_blocks: int = 2
   codebook_dim: int = 32
   in_channels: int = 3
+  padding: str = "zeros"
+
+  def __post_init__(self):
+    if self.padding not in ("zeros", "edge"):
+      raise ValueError(f"BSQConfig.padding: {self.padding!r} is not 'zeros' "
+                       "or 'edge'")
 
   @property
   def stride(self) -> int:
@@ -249,15 +260,23 @@ def _infinity(name, depth, width, num_heads, bits, patchify=False,
       rope_grid=rope_grid, patchify=patchify)
 
 
-EMOJI_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+# The embedded emoji model, v2 (SPEC §8, issue 12): Infinity's 13-scale 1:1
+# template at half its sides (1 2 4 6 8 12 16 20 24 32 40 48 64 -> 32), the
+# 0.5 of its first side dropped: 12 scales to a 32x32 grid, 2,630 tokens, of
+# which the last three scales hold 76 % (Infinity-1M: 76 % as well).
+EMOJI_SIDES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
+EMOJI_DEPTH, EMOJI_WIDTH, EMOJI_HEADS = 16, 192, 3
 
 
 def config_lib_emoji() -> "TransformerConfig":
+  # Head dim 64; MiniLM's 384-d text pools with 3 heads of 128 (the official
+  # rule Ct // 128), which divide the width.
   return TransformerConfig(
-      name="emoji", style="infinity", depth=8, width=256, num_heads=4,
-      mlp_hidden=infinity_mlp_hidden(256), schedule=square_schedule(EMOJI_SIDES),
-      latent_dim=16, shared_aln=True, num_level_embeds=15, text_dim=384,
-      text_maxlen=32, rope_grid=(16, 16), text_pool_heads=4)
+      name="emoji", style="infinity", depth=EMOJI_DEPTH, width=EMOJI_WIDTH,
+      num_heads=EMOJI_HEADS, mlp_hidden=infinity_mlp_hidden(EMOJI_WIDTH),
+      schedule=square_schedule(EMOJI_SIDES), latent_dim=16, shared_aln=True,
+      num_level_embeds=15, text_dim=384, text_maxlen=32,
+      rope_grid=(EMOJI_SIDES[-1], EMOJI_SIDES[-1]), text_pool_heads=3)
 
 
 # The one variant table. Tiny variants are the golden-file configs
@@ -273,9 +292,10 @@ VARIANTS = {
     # 8B: 14-bit BSQ latent at stride 8 with 2x2 patchify -> 56 bits a token.
     "infinity_8b": _infinity("infinity_8b", 40, 3584, 28, bits=56,
                              patchify=True),
-    # The embedded default (SPEC §8): 128 px emoji, BSQ stride 8 -> 16×16
-    # final grid, 10 scales, MiniLM token features (384-d) as text. Sized so
-    # transformer + tokenizer ship in ≤ 30 MB of bf16.
+    # The embedded default (SPEC §8), model v2: 128 px emoji, BSQ stride 4
+    # -> 32×32 final grid, 12 scales, 16 layers × 192, MiniLM token features
+    # (384-d) as text. Sized so that transformer + tokenizer decoder ship in
+    # ≤ 30 MB of bf16 and the main job runs in ≤ 2 min on 2 CPU cores.
     "emoji": config_lib_emoji(),
     "var_tiny": _var(2, name="var_tiny", vocab_size=256),
     "infinity_tiny": _infinity("infinity_tiny", 2, 256, 2, bits=16,
@@ -288,7 +308,10 @@ TOKENIZERS = {
     "var_d36": VQVAEConfig(patch_nums=VAR_PATCH_NUMS_512),
     "infinity_2b": BSQConfig(codebook_dim=32),
     "infinity_8b": BSQConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4)),
-    "emoji": BSQConfig(base_ch=32, ch_mult=(1, 2, 4, 4), codebook_dim=16),
+    # Stride 4 (two downsamplings), 16 bits a token, edge padding (no
+    # border speck: models/bsq_vae.py).
+    "emoji": BSQConfig(base_ch=32, ch_mult=(1, 2, 4), codebook_dim=16,
+                       padding="edge"),
     "var_tiny": VQVAEConfig(ch=32, vocab_size=256),
     "infinity_tiny": BSQConfig(base_ch=32, ch_mult=(1, 2, 2, 2, 2),
                                codebook_dim=16),

@@ -246,7 +246,8 @@ def teacher_forced_logits(params: Params, cfg: config_lib.TransformerConfig, *,
                           inputs: Array, labels: Optional[Array] = None,
                           text: Optional[Array] = None,
                           text_mask: Optional[Array] = None,
-                          dtype=jnp.float32, impl: str = "xla") -> Array:
+                          dtype=jnp.float32, impl: str = "xla",
+                          remat: bool = False) -> Array:
   """Training-style forward over the whole sequence with the block mask.
 
   Args:
@@ -255,6 +256,10 @@ def teacher_forced_logits(params: Params, cfg: config_lib.TransformerConfig, *,
     inputs: (B, L - 1, latent) next-scale inputs of scales 1..S-1, flattened
       (VAR `x_BLCv_wo_first_l`, Infinity `x_BLC_wo_prefix`).
     labels / text + text_mask: conditioning (see Stem.condition).
+    remat: recompute each block in the backward pass (`jax.checkpoint`)
+      instead of keeping its activations: with XLA attention a block keeps
+      its (B, H, L, L) probabilities, which at the emoji model's L = 2,630
+      and batch 64 is ~5 GB a layer. Same values either way.
   Returns:
     (B, L, V) fp32 logits; position l predicts token l.
   """
@@ -286,6 +291,8 @@ def teacher_forced_logits(params: Params, cfg: config_lib.TransformerConfig, *,
                        impl=impl, **kw)
     return x, None
 
+  if remat:
+    body = jax.checkpoint(body)
   x, _ = jax.lax.scan(body, x, (params["blocks"],
                                 tkv if cfg.style == "infinity" else None))
   return stem.apply(sp, x, cond.cond, method=Stem.logits)

@@ -234,7 +234,7 @@ def drop_text(params, text: Array, text_mask: Array, *,
 def model_logits(params, inputs: Array, text: Array, text_mask: Array, *,
                  model_cfg: config_lib.TransformerConfig, rng: Array,
                  cond_drop: float = 0.1, dtype: Any = "float32",
-                 impl: str = "xla") -> Array:
+                 impl: str = "xla", remat: bool = False) -> Array:
   """The forward of `loss_fn`: text dropout + teacher-forced logits.
 
   Args:
@@ -247,6 +247,8 @@ def model_logits(params, inputs: Array, text: Array, text_mask: Array, *,
     dtype: compute dtype of the blocks ("float32" or "bfloat16"); params,
       residual stream and logits stay float32.
     impl: self-attention implementation (see `ops.attention`).
+    remat: recompute blocks in the backward pass
+      (`transformer.teacher_forced_logits`).
 
   Returns:
     (B, L, 2d) float32 logits; index 2k + v of token l = "bit k of token l
@@ -256,7 +258,7 @@ def model_logits(params, inputs: Array, text: Array, text_mask: Array, *,
                    cond_drop=cond_drop)
   logits = transformer.teacher_forced_logits(
       params, model_cfg, inputs=inputs, text=text, text_mask=text_mask,
-      dtype=jnp.dtype(dtype), impl=impl)
+      dtype=jnp.dtype(dtype), impl=impl, remat=remat)
   return logits.astype(jnp.float32)
 
 
@@ -294,7 +296,7 @@ def bit_loss(logits: Array, gt_bits: Array, *,
 def loss_fn(params, batch_inputs: Array, gt_bits: Array, text: Array,
             text_mask: Array, *, model_cfg: config_lib.TransformerConfig,
             rng: Array, cond_drop: float = 0.1, dtype: Any = "float32",
-            impl: str = "xla") -> Tuple[Array, Metrics]:
+            impl: str = "xla", remat: bool = False) -> Tuple[Array, Metrics]:
   """Training loss of one batch.
 
   Args:
@@ -307,6 +309,7 @@ def loss_fn(params, batch_inputs: Array, gt_bits: Array, text: Array,
     cond_drop: text dropout probability (static or traced).
     dtype: block compute dtype, "float32" or "bfloat16" (static).
     impl: self-attention implementation (static).
+    remat: recompute blocks in the backward pass (static).
 
   Returns:
     (loss, metrics) as `bit_loss`.
@@ -314,7 +317,7 @@ def loss_fn(params, batch_inputs: Array, gt_bits: Array, text: Array,
   _check_infinity(model_cfg)
   logits = model_logits(params, batch_inputs, text, text_mask,
                         model_cfg=model_cfg, rng=rng, cond_drop=cond_drop,
-                        dtype=dtype, impl=impl)
+                        dtype=dtype, impl=impl, remat=remat)
   return bit_loss(logits, gt_bits, model_cfg=model_cfg)
 
 
@@ -328,7 +331,8 @@ def train_step(state: TrainState, tok_params, batch: Dict[str, Array],
                tok_cfg: config_lib.BSQConfig,
                tx: optax.GradientTransformation, cond_drop: float = 0.1,
                bsc: float = 0.0, dtype: Any = "float32",
-               impl: str = "xla") -> Tuple[TrainState, Metrics]:
+               impl: str = "xla", remat: bool = False
+               ) -> Tuple[TrainState, Metrics]:
   """Encode, build teacher-forcing inputs, one gradient update.
 
   Args:
@@ -343,6 +347,7 @@ def train_step(state: TrainState, tok_params, batch: Dict[str, Array],
     bsc: Bitwise Self-Correction maximum flip probability (static).
     dtype: block compute dtype (static).
     impl: self-attention implementation (static).
+    remat: recompute blocks in the backward pass (static).
 
   Returns:
     (new state, metrics): the `bit_loss` metrics of the pre-update params
@@ -355,7 +360,7 @@ def train_step(state: TrainState, tok_params, batch: Dict[str, Array],
   grads, metrics = jax.grad(loss_fn, has_aux=True)(
       state.params, inputs, gt_bits, batch["text"], batch["text_mask"],
       model_cfg=model_cfg, rng=k_drop, cond_drop=cond_drop, dtype=dtype,
-      impl=impl)
+      impl=impl, remat=remat)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads))
