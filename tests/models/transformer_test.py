@@ -21,8 +21,9 @@ _GOLDEN_PARAMS = {
     "var_d36": 2_353_893_904,
     "infinity_2b": 2_204_564_032,
     "infinity_8b": 8_375_791_824,
-    # Our own design (SPEC §8), pinned so its shipped size stays in budget.
-    "emoji": 9_410_496,
+    # Our own design (SPEC §8, model v2), pinned so its shipped size stays in
+    # budget: 16 layers x 192.
+    "emoji": 10_113_104,
     "var_tiny": 880_260,
     "infinity_tiny": 3_110_180,
 }
@@ -47,14 +48,30 @@ class EmojiBudgetTest(absltest.TestCase):
     tok = convert_bsq.abstract_params(config_lib.get_tokenizer("emoji"))
     n = (transformer.param_count(config_lib.get_variant("emoji"))
          + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tok)))
-    self.assertLessEqual(2 * n, 30 * 2**20)
+    # Transformer + the whole tokenizer (encoder included): 26.96 MB of
+    # bf16, under the 30 MB budget with room for the manifests.
+    self.assertEqual(2 * n, 26_964_742)
+    self.assertLessEqual(2 * n, 29_500_000)
 
   def test_emoji_schedule(self):
+    # Issue 12 (model v2): >= 12 scales, a 32x32 final grid at 128 px
+    # (stride 4), depth >= 16, and Infinity's proportions: the last three
+    # scales hold about three quarters of the tokens (Infinity-1M: 76 %).
     cfg = config_lib.get_variant("emoji")
-    self.assertGreaterEqual(cfg.num_scales, 10)
-    self.assertEqual(cfg.schedule[-1], (16, 16))
+    self.assertEqual(cfg.schedule, config_lib.square_schedule(
+        (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)))
+    self.assertEqual(cfg.seq_len, 2630)
+    self.assertGreaterEqual(cfg.depth, 16)
+    self.assertEqual((cfg.width, cfg.num_heads, cfg.head_dim), (192, 3, 64))
+    self.assertEqual(cfg.rope_grid, (32, 32))
     tok = config_lib.get_tokenizer("emoji")
-    self.assertEqual(16 * tok.stride, 128)  # 128 px images
+    self.assertEqual(tok.stride, 4)
+    self.assertEqual(32 * tok.stride, 128)  # 128 px images
+    self.assertEqual(cfg.latent_dim, tok.codebook_dim)
+    last3 = sum(cfg.tokens_per_scale[-3:]) / cfg.seq_len
+    inf = config_lib.get_variant("infinity_2b")
+    inf3 = sum(inf.tokens_per_scale[-3:]) / inf.seq_len
+    self.assertAlmostEqual(last3, inf3, delta=0.01)
 
 
 class ConverterTest(parameterized.TestCase):

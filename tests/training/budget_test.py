@@ -46,5 +46,19 @@ class LastRunTest(absltest.TestCase):
     self.assertEqual(budget.last_run(workdir), (2335, 7.5688))
 
 
+class StoredTrainStepsTest(absltest.TestCase):
+
+  def test_reads_the_run_config(self):
+    workdir = pathlib.Path(tempfile.mkdtemp())
+    loop.check_resume_config(workdir, {"train_steps": 5123, "loop": {}})
+    self.assertEqual(budget.stored_train_steps(workdir), 5123)
+
+  def test_missing_run_is_named(self):
+    workdir = pathlib.Path(tempfile.mkdtemp()) / "tf"
+    with self.assertRaisesRegex(FileNotFoundError,
+                                "tf/config.json: no training run"):
+      budget.stored_train_steps(workdir)
+
+
 if __name__ == "__main__":
   absltest.main()

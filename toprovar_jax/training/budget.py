@@ -1,8 +1,10 @@
 """Fitting a training run into a wall-clock budget (experiments/train_emoji.py).
 
 A stage first runs a short probe that measures steps/s; `planned_steps` then
-turns the measured rate and the seconds left into the total `train_steps` of
-the resumed run, so that its cosine schedule ends with the budget.
+turns the measured rate and the seconds left (in this command and in the
+commands that will resume it) into the total `train_steps` of the resumed
+run, so that its cosine schedule ends with the budget. A later command reads
+that total back (`stored_train_steps`) and continues the same schedule.
 """
 
 from __future__ import annotations
@@ -27,3 +29,18 @@ def planned_steps(done: int, rate: float, seconds_left: float,
   """
   steps = done + max(int(max(seconds_left, 0.0) * rate), 1)
   return min(steps, cap) if cap > 0 else steps
+
+
+def stored_train_steps(workdir: pathlib.Path) -> int:
+  """`train_steps` of the run in `workdir` (its train.py config.json).
+
+  Raises:
+    FileNotFoundError: no run there (e.g. the GPU machine was given back
+      between two commands and its disk is gone); the message says so.
+  """
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"{path}: no training run to resume here (a fresh machine, or a "
+        "first command that did not reach this stage)")
+  return int(json.loads(path.read_text())["train_steps"])
