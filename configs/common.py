@@ -30,6 +30,11 @@ VAR_SAMPLING = dict(cfg_scale=4.0, tau=1.0, top_k=900, top_p=0.95)
 # Infinity-2B: cfg 3, τ 0.5, top-k 900 (a no-op on bit pairs), top-p 0.97
 # (ARCHITECTURES B.6, 2B notebook / reproduce.py). 8B notebooks use τ 1.0.
 INFINITY_SAMPLING = dict(cfg_scale=3.0, tau=0.5, top_k=900, top_p=0.97)
+# The embedded emoji model (configs/emoji.py, evaluate_emoji): Infinity-2B's
+# rules until the sweep on the trained v2 weights picks its own
+# (experiments/sweep_emoji_sampling.py: retrieval against the diversity of a
+# caption's samples; v1's four samples at these rules were near-copies).
+EMOJI_SAMPLING = dict(INFINITY_SAMPLING)
 # The VAR demo's class labels (ImageNet ids).
 VAR_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)
 INFINITY_PROMPTS = (
@@ -204,7 +209,10 @@ def model_style(variant: str) -> str:
 
 
 def sampling_defaults(variant: str) -> dict:
-  """VAR_SAMPLING or INFINITY_SAMPLING, by the variant's style."""
+  """EMOJI_SAMPLING for the emoji model, else VAR_SAMPLING or
+  INFINITY_SAMPLING by the variant's style."""
+  if variant == "emoji":
+    return dict(EMOJI_SAMPLING)
   return dict(VAR_SAMPLING if model_style(variant) == "var"
               else INFINITY_SAMPLING)
 

@@ -5,7 +5,8 @@ ship inside the package (`toprovar_jax/assets/emoji/`, read as
 `ckpt.* = "embedded:emoji"`) twice, with the same seeds: once dense and once
 with the hand-written plan `configs/plans/emoji_default.json` (see
 configs/plans/README.md). Text features are real all-MiniLM-L6-v2 token
-features. Runs on a CPU with no network in about a minute.
+features. Runs on a 2-core CPU with no network in under two minutes
+(README: measured figures).
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   plan=dense          the reference plan: first grid row, PSNR baseline.
@@ -51,8 +52,8 @@ def get_config(arg=None):
       variant="emoji", batch_size=arg.batch_size or num_samples,
       prompts=PROMPTS, text_len=TEXT_LEN, plan=arg.plan,
       ckpt_dir=arg.ckpt_dir, dtype=common.dtype_name(arg.bf16),
-      # Infinity-2B's defaults (cfg 3, τ 0.5, top-p 0.97): the emoji model
-      # is trained with the same recipe (configs/emoji_train.py).
+      # common.EMOJI_SAMPLING: Infinity-2B's rules (cfg 3, τ 0.5, top-p
+      # 0.97) until the sweep on the trained v2 weights sets them.
       **common.sampling_defaults("emoji"))
   with config.unlocked():
     # Images in all: every caption `samples` times (conditions cycle).

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 _CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs", "emoji.py")
 _EMOJI = config_lib.get_variant("emoji")
-_SIDE = 128  # 16x16 latent, BSQ stride 8
+_SIDE = 128  # 32x32 latent, BSQ stride 4
 
 
 def _run(workdir, *extra, arg=""):
@@ -84,18 +84,20 @@ class EmojiConfigTest(absltest.TestCase):
       emoji_config.get_config("samples=0")
 
   def test_default_plan(self):
-    # configs/plans/README.md, emoji_default: dense to 6x6, then layers 2-7
-    # keep half the tokens and restore the rest from the 6x6 branches.
+    # configs/plans/README.md, emoji_default: dense to 12x12, then layers
+    # 3-15 keep half the tokens and restore the rest from the 12x12 branches.
     plan = plan_lib.load_plan("emoji_default", _EMOJI)
     self.assertEqual(plan.name, "emoji_default")
+    self.assertEqual(plan.schedule, _EMOJI.schedule)
     for s, (sp, (h, w)) in enumerate(zip(plan.scales, plan.schedule)):
-      if s < 6:
-        self.assertEqual((sp.keep, sp.layers), (h * w, "F" * 8))
+      if s < 8:
+        self.assertEqual((sp.keep, sp.layers), (h * w, "F" * 16))
       else:
         self.assertEqual((sp.keep, sp.layers, sp.probe_layer, sp.scorer,
                           sp.restore, sp.cache_from),
-                         (h * w // 2, "FFSSSSSS", 1, "entropy", "cached", 5))
-    self.assertAlmostEqual(flops.speedup(plan, _EMOJI, text_tokens=32), 1.51,
+                         (h * w // 2, "FFF" + "S" * 13, 2, "entropy",
+                          "cached", 7))
+    self.assertAlmostEqual(flops.speedup(plan, _EMOJI, text_tokens=32), 1.84,
                            delta=0.01)
 
   def test_plan_validates_and_saves_flops(self):
@@ -103,16 +105,18 @@ class EmojiConfigTest(absltest.TestCase):
     self.assertEqual(plan.name, "emoji_paper")
     self.assertEqual(plan.schedule, _EMOJI.schedule)
     self.assertIsNone(plan.exit_scale)
-    # Pruned from the 8x8 scale on, keeping a multiple of 8 below N_s.
+    # Pruned from the 16x16 scale on (layers 3-14), keeping a multiple of 8
+    # below N_s; layers 0-2 and 15 stay F.
     for s, (sp, (h, w)) in enumerate(zip(plan.scales, plan.schedule)):
-      if s < 6:
-        self.assertEqual((sp.keep, sp.layers), (h * w, "F" * 8))
+      if s < 8:
+        self.assertEqual((sp.keep, sp.layers), (h * w, "F" * 16))
       else:
         self.assertLess(sp.keep, h * w)
         self.assertEqual(sp.keep % 8, 0)
-        self.assertEqual(sp.probe_layer, 1)
-    speedup = flops.speedup(plan, _EMOJI, text_tokens=32)
-    self.assertBetween(speedup, 1.5, 2.5)
+        self.assertEqual((sp.layers, sp.probe_layer, sp.restore),
+                         ("FFF" + "S" * 12 + "F", 2, "passthrough"))
+    self.assertAlmostEqual(flops.speedup(plan, _EMOJI, text_tokens=32), 2.18,
+                           delta=0.01)
 
   def test_bad_compared_plan_names_the_field(self):
     config = emoji_config.get_config("compare=emoji_paper+no_such_plan")
@@ -203,7 +207,7 @@ class EmojiGenerateTest(absltest.TestCase):
     dense, sparse = r["plans"]
     self.assertEqual(dense["flop_speedup_vs_dense"], 1.0)
     self.assertIsNone(dense["similarity_to_reference"])
-    self.assertGreater(sparse["flop_speedup_vs_dense"], 1.4)
+    self.assertGreater(sparse["flop_speedup_vs_dense"], 1.8)
     self.assertLess(sparse["flops_per_image"], dense["flops_per_image"])
     sim = sparse["similarity_to_reference"]
     self.assertEqual(sim["reference"], "dense")

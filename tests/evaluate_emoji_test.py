@@ -72,15 +72,19 @@ def _write_inputs(root: pathlib.Path):
                      name="transformer")
 
 
-def _run(root: pathlib.Path, workdir: pathlib.Path):
-  argv = [sys.executable, "-m", "experiments.evaluate_emoji",
+def _run(root: pathlib.Path, workdir: pathlib.Path, main="evaluate_emoji"):
+  argv = [sys.executable, "-m", f"experiments.{main}",
           f"--workdir={workdir}", f"--tokenizer={root / 'tok'}",
           f"--transformer={root / 'tf'}", f"--variant={_VARIANT}",
           f"--dataset={root / 'emoji.npz'}",
           f"--captions={root / 'captions.npz'}",
-          f"--num_train_captions={_TRAIN}",
-          f"--samples_per_caption={_PER_CAPTION}", "--batch_size=4",
-          f"--grid_rows={_GRID_ROWS}", f"--out_docs={root / 'docs'}"]
+          f"--samples_per_caption={_PER_CAPTION}", "--batch_size=4"]
+  if main == "evaluate_emoji":
+    argv += [f"--num_train_captions={_TRAIN}", f"--grid_rows={_GRID_ROWS}",
+             f"--out_docs={root / 'docs'}"]
+  else:  # two temperatures, one top-p: one compile
+    argv += [f"--num_captions={_TRAIN}", "--cfg_scales=3", "--taus=0.5,1",
+             "--top_ps=0.97"]
   # One CPU device, as a user's run has: conftest's four fake devices are
   # for the sharding tests (here they made the run ~25% slower).
   xla_flags = " ".join(
@@ -186,6 +190,24 @@ class EvaluateEmojiTest(absltest.TestCase):
     self.assertEqual(self.results["model"], _VARIANT)
     self.assertEqual(self.results["sources"]["tokenizer_step"], 0)
     self.assertEqual(self.results["num_emoji"], n)
+
+  def test_sampling_sweep(self):
+    workdir = self.root / "sweep"
+    proc = _run(self.root, workdir, main="sweep_emoji_sampling")
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    got = json.loads((workdir / "results.json").read_text())
+    self.assertEqual(sorted(p.name for p in workdir.iterdir()),
+                     ["results.json"])
+    self.assertEqual([(r["cfg_scale"], r["tau"], r["top_p"])
+                      for r in got["rows"]], [(3.0, 0.5, 0.97),
+                                              (3.0, 1.0, 0.97)])
+    self.assertEqual((got["num_captions"], got["samples_per_caption"]),
+                     (_TRAIN, _PER_CAPTION))
+    for row in got["rows"]:
+      self.assertLessEqual(row["top1"], row["top5"])
+      self.assertBetween(row["median_rank"], 1, len(_CAPTIONS))
+      self.assertGreaterEqual(row["diversity"]["within"], 0.0)
+      self.assertNotIn("per_caption", row["diversity"])
 
   def test_refuses_a_used_workdir(self):
     proc = _run(self.root, self.workdir)

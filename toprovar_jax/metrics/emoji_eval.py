@@ -551,3 +551,59 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
       timings=timings, config=dataclasses.asdict(config),
       devices=[str(d) for d in jax.devices()], jax_version=jax.__version__)
   return Report(results=results, figures=figs)
+
+
+def sampling_sweep(models: Models, dataset: emoji.EmojiDataset,
+                   captions_path: str, settings: Sequence[Tuple[float, float,
+                                                                float]], *,
+                   config: EvalConfig = EvalConfig()) -> list:
+  """Retrieval against diversity on the training captions, per setting.
+
+  The fixed training captions of `evaluate` (`choose_train_captions`, the
+  first `config.num_train_captions`), `config.samples_per_caption` samples
+  each and the same seeds under every setting, so rows differ only in the
+  sampling rule. This is what picks the sampling defaults (issue 12:
+  samples of one caption must differ, and still be their caption's emoji).
+
+  Args:
+    models: `load_models`.
+    dataset: the emoji dataset the model was trained on.
+    captions_path: `experiments/encode_captions.py` npz of its captions.
+    settings: (cfg_scale, tau, top_p) triples.
+    config: caption count, samples, seed, batch sizes, top-k.
+
+  Returns:
+    One dict per setting: cfg_scale, tau, top_p, top1, top5, median_rank,
+    diversity (`retrieval.diversity` without per_caption), generate_s.
+  """
+  captions = [str(c) for c in dataset.captions]
+  train, _ = training.split(dataset)
+  idx = choose_train_captions(captions, train, config.num_train_captions,
+                              config.must_include)
+  r = config.samples_per_caption
+  text, mask = training.caption_features(captions_path,
+                                         [captions[i] for i in idx])
+  text, mask = np.repeat(text, r, axis=0), np.repeat(mask, r, axis=0)
+  refs = emoji.composite(dataset.images)
+  params = lpips.load_params()
+  rows = []
+  for cfg_scale, tau, top_p in settings:
+    setting = dataclasses.replace(config, cfg_scale=float(cfg_scale),
+                                  tau=float(tau), top_p=float(top_p))
+    samples, timings = generate(models, text, mask, config=setting)
+    rank = retrieval.ranks(lpips.distance_matrix(
+        params, samples, refs, batch_size=config.lpips_batch_size),
+                           np.repeat(idx, r))
+    div = (retrieval.diversity(lpips.distance_matrix(
+        params, samples, samples, batch_size=config.lpips_batch_size), r)
+           if r > 1 else None)
+    if div is not None:
+      div.pop("per_caption")
+    rows.append(dict(cfg_scale=setting.cfg_scale, tau=setting.tau,
+                     top_p=setting.top_p, top1=float(np.mean(rank <= 1)),
+                     top5=float(np.mean(rank <= 5)),
+                     median_rank=float(np.median(rank)), diversity=div,
+                     generate_s=timings["generate_s"]))
+    logging.info("sweep %s", rows[-1])
+  return rows
+
