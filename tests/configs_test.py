@@ -162,7 +162,9 @@ class TinyConfigTest(parameterized.TestCase):
        "sampling.text_len"),
       ("dtype", "var_tiny", "model.dtype", "fp8", "model.dtype"),
       ("unroll_tokens", "var_tiny", "sampling.unroll_tokens", -1,
-       "sampling.unroll_tokens"))
+       "sampling.unroll_tokens"),
+      ("kv_read", "var_tiny", "sampling.kv_read", "copy",
+       "sampling.kv_read: 'copy'"))
   def test_bad_fields_are_named(self, model, field, value, pattern):
     config = _get_config("tiny", f"model={model}")
     group, key = field.split(".")
@@ -178,6 +180,14 @@ class TinyConfigTest(parameterized.TestCase):
     config.sampling.unroll_tokens = 64
     self.assertEqual(pipeline.sampler_from_config(config).sampling
                      .unroll_tokens, 64)
+
+  def test_kv_read_reaches_the_sampler(self):
+    config = _get_config("tiny")
+    self.assertEqual(pipeline.sampler_from_config(config).sampling.kv_read,
+                     "slice")
+    config.sampling.kv_read = "buffer"
+    self.assertEqual(pipeline.sampler_from_config(config).sampling.kv_read,
+                     "buffer")
 
   def test_bad_plan_passes_plan_error_through(self):
     config = _get_config("tiny")

@@ -73,7 +73,7 @@ PLACEHOLDER_TEXT = "placeholder_text_features"
 MINILM_TEXT = "all-MiniLM-L6-v2"
 # Variants whose weights were trained on a real text encoder's features; the
 # others get placeholder features (see the module docstring).
-_TEXT_ENCODERS = {"emoji": MINILM_TEXT}
+_TEXT_ENCODERS = {"emoji": MINILM_TEXT, "emoji_v1": MINILM_TEXT}
 # Spread of the placeholder features; RMSNorm in the stem removes the scale,
 # 0.3 just keeps the raw values in the range of real T5 activations.
 _PLACEHOLDER_STD = 0.3
@@ -102,6 +102,9 @@ def _validate_sampling(config, model: config_lib.TransformerConfig) -> None:
     _fail("sampling.attn_impl", f"{s.attn_impl!r} is not one of {_ATTN_IMPLS}")
   if s.top_k < 0:
     _fail("sampling.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
+  if s.kv_read not in sampler_lib.KV_READS:
+    _fail("sampling.kv_read", f"{s.kv_read!r} is not one of "
+          f"{sampler_lib.KV_READS}")
   if s.unroll_tokens < 0:
     _fail("sampling.unroll_tokens",
           f"must be >= 0 (0 = scan every run), got {s.unroll_tokens}")
@@ -167,7 +170,8 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
   sampling = sampler_lib.SamplingConfig(
       top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
       attn_impl=config.sampling.attn_impl, dtype=config.model.dtype,
-      unroll_tokens=int(config.sampling.unroll_tokens))
+      unroll_tokens=int(config.sampling.unroll_tokens),
+      kv_read=str(config.sampling.kv_read))
   specs = plan_specs(config)
   plans = [plan_lib.load_plan(specs[0], model)]
   for i, spec in enumerate(specs[1:]):

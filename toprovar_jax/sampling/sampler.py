@@ -47,7 +47,7 @@ from toprovar_jax.sampling import strategies
 
 Array = jax.Array
 
-_KV_READS = ("slice", "buffer")
+KV_READS = ("slice", "buffer")
 _LAYER_LOOPS = ("scan", "while")
 
 
@@ -106,8 +106,8 @@ class SamplingConfig:
   layer_loop: str = "scan"
 
   def __post_init__(self):
-    if self.kv_read not in _KV_READS:
-      raise ValueError(f"kv_read must be one of {_KV_READS}, "
+    if self.kv_read not in KV_READS:
+      raise ValueError(f"kv_read must be one of {KV_READS}, "
                        f"got {self.kv_read!r}")
     if self.layer_loop not in _LAYER_LOOPS:
       raise ValueError(f"layer_loop must be one of {_LAYER_LOOPS}, "
