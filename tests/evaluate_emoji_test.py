@@ -184,6 +184,12 @@ class EvaluateEmojiTest(absltest.TestCase):
       self.assertAlmostEqual(div["within"], np.mean(div["per_caption"]))
       self.assertGreaterEqual(div["within"], 0.0)
       self.assertGreater(div["between"], 0.0)
+      bg = self.results[name]["background"]
+      self.assertEqual(bg["num_images"], c * _PER_CAPTION)
+      self.assertBetween(bg["mean"], 0.0, 255.0)
+      self.assertGreaterEqual(bg["peak"], 0.0)
+    self.assertEqual(self.results["tokenizer"]["background"]["num_images"],
+                     len(_HELD))
     for key in ("tokenizer_eval_s", "compile_generate_s", "generate_s",
                 "decode_s", "lpips_s", "total_s"):
       self.assertGreaterEqual(self.results["timings"][key], 0.0)

@@ -1,6 +1,6 @@
 """Quality evidence for the embedded emoji model (SPEC §8; issue 4, item 5).
 
-Three measurements, each deterministic for a given model, dataset and seed:
+Five measurements, each deterministic for a given model, dataset and seed:
 
 1. Tokenizer: PSNR / SSIM of the BSQ VAE's reconstructions of every
    held-out emoji on white (`training.tokenizer.evaluate`: the generation
@@ -50,6 +50,12 @@ Three measurements, each deterministic for a given model, dataset and seed:
    Near 0 means the R samples of a caption are copies of one image (v1 at
    τ 0.5, CFG 3); it is what τ, top-p and CFG trade against retrieval.
 
+5. Background (`metrics.background`): the per-position mean distance from
+   white where the reference emoji has no ink, for the tokenizer's
+   reconstructions and for each set's samples; its peak and the corner
+   squares show a mark the model paints at a fixed place (v1's speck near
+   the top-left corner).
+
 Dimension letters: N dataset emoji, C captions of a set, R samples per
 caption, S image side, T text tokens, Ct text width, E sentence width.
 """
@@ -73,6 +79,7 @@ from toprovar_jax import training
 from toprovar_jax import weights
 from toprovar_jax.convert import common
 from toprovar_jax.data import emoji
+from toprovar_jax.metrics import background
 from toprovar_jax.metrics import figures
 from toprovar_jax.metrics import lpips
 from toprovar_jax.metrics import retrieval
@@ -455,6 +462,11 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
   shown = held_idx[:config.grid_rows]
   recon = tokenizer_lib.reconstruct_images(models.vae_params["params"],
                                            refs[shown], **tok_kw)
+  # Position-fixed marks on the white background (v1's speck).
+  tok_metrics["background"] = background.background_deviation(
+      tokenizer_lib.reconstruct_images(models.vae_params["params"],
+                                       refs[held_idx], **tok_kw),
+      dataset.images[held_idx])
   timings["tokenizer_eval_s"] = time.perf_counter() - t0
   logging.info("tokenizer on %d held-out emoji: %s (%.1f s)", len(held_idx),
                tok_metrics, timings["tokenizer_eval_s"])
@@ -504,6 +516,9 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
         samples_per_caption=r, neighbours=config.neighbours)
     summary["diversity"] = (None if self_d is None else
                             retrieval.diversity(self_d[rows, rows], r))
+    # A sample need not put its ink where the reference does: a wider margin.
+    summary["background"] = background.background_deviation(
+        samples[rows], np.repeat(dataset.images[idx], r, axis=0), margin=10)
     start += c
     results_sets[name] = summary
     logging.info("%s: top1 %.3f top5 %.3f median rank %.0f, diversity "
