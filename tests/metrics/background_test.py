@@ -49,6 +49,13 @@ class BackgroundDeviationTest(absltest.TestCase):
     self.assertGreater(background.background_deviation(
         images, _refs(1), margin=1)["mean"], 0.0)
 
+  def test_no_background_position_has_no_peak(self):
+    rgba = np.full((2, _S, _S, 4), 255, np.uint8)  # ink everywhere
+    got = background.background_deviation(
+        np.zeros((2, _S, _S, 3), np.uint8), rgba)
+    self.assertEqual((got["peak"], got["peak_at"], got["mean"]),
+                     (None, None, 0.0))
+
   def test_shapes_must_match(self):
     with self.assertRaisesRegex(ValueError, "images"):
       background.background_deviation(np.zeros((2, 8, 8, 3), np.uint8),

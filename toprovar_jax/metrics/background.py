@@ -41,7 +41,7 @@ def background_deviation(images: np.ndarray, rgba: np.ndarray, *,
       background pixels;
     peak, peak_at: the largest per-position mean (positions that are
       background in at least half the images, the outermost 2 px ring left
-      out) and its (row, col);
+      out) and its (row, col); None when no position qualifies;
     corners: {"top_left", "top_right", "bottom_left", "bottom_right"}: the
       mean over a 24 px square, 2 px in from each corner;
     num_images.
@@ -75,6 +75,7 @@ def background_deviation(images: np.ndarray, rgba: np.ndarray, *,
   valid[:, :_INSET] = valid[:, -_INSET:] = False
   peak_map = np.where(valid, per_position, -1.0)
   at = np.unravel_index(int(np.argmax(peak_map)), peak_map.shape)
+  peak = float(peak_map[at]) if valid.any() else None
   a, b = _INSET, _INSET + _CORNER
   squares = dict(top_left=np.s_[a:b, a:b], top_right=np.s_[a:b, s - b:s - a],
                  bottom_left=np.s_[s - b:s - a, a:b],
@@ -86,5 +87,6 @@ def background_deviation(images: np.ndarray, rgba: np.ndarray, *,
                      if w.sum() else None)
   return dict(mean=float((deviation * background).sum()
                          / max(background.sum(), 1)),
-              peak=float(peak_map[at]), peak_at=[int(at[0]), int(at[1])],
+              peak=peak,
+              peak_at=None if peak is None else [int(at[0]), int(at[1])],
               corners=corners, num_images=int(len(images)))

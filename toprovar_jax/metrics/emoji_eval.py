@@ -463,7 +463,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
   recon = tokenizer_lib.reconstruct_images(models.vae_params["params"],
                                            refs[shown], **tok_kw)
   # Position-fixed marks on the white background (v1's speck).
-  tok_metrics["background"] = background.background_deviation(
+  tok_metrics["background_deviation"] = background.background_deviation(
       tokenizer_lib.reconstruct_images(models.vae_params["params"],
                                        refs[held_idx], **tok_kw),
       dataset.images[held_idx])
@@ -517,7 +517,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
     summary["diversity"] = (None if self_d is None else
                             retrieval.diversity(self_d[rows, rows], r))
     # A sample need not put its ink where the reference does: a wider margin.
-    summary["background"] = background.background_deviation(
+    summary["background_deviation"] = background.background_deviation(
         samples[rows], np.repeat(dataset.images[idx], r, axis=0), margin=10)
     start += c
     results_sets[name] = summary
