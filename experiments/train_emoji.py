@@ -15,7 +15,7 @@ the commands of one lease, so the training is two commands
     --dataset=... --captions=... --transformer_s=440 --out=$OUT
 
 Each stage of a first command is `experiments/train.py` run twice in one
-workdir:
+workdir (`toprovar_jax.training.driver`):
   1. a probe of `--tokenizer_probe_s` / `--probe_s` seconds (compile +
      warm-up steps, then a checkpoint) that measures steps/s;
   2. the resumed run, with `train_steps` set to what the measured rate fits
@@ -33,20 +33,14 @@ with the stored `train_steps` and attention settings.
 with each stage's results, metrics, curves and reconstructions.
 """
 
-import json
 import math
 import pathlib
-import shutil
-import subprocess
-import sys
-import tarfile
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from toprovar_jax.training import budget
+from toprovar_jax.training import driver as driver_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Holds tok/ and tf/.")
 _DATASET = flags.DEFINE_string("dataset", None, "emoji_128.npz")
@@ -74,109 +68,27 @@ _MAX_STEPS = flags.DEFINE_multi_string(
 _OUT = flags.DEFINE_string("out", None, "Where exports and logs go.")
 _EXTRA = flags.DEFINE_multi_string(
     "override", [], "stage:--config.x=y passed to that stage's train.py "
-    "(after the defaults below, so it wins).")
-# Every run: a short reserve for the final eval / save / export, and a log
-# window short enough that the probe measures a rate.
-_LOOP_DEFAULTS = ("--config.loop.reserve_s=12",
-                  "--config.loop.log_every_steps=20")
-
-
-def _impl_flags(impl: str) -> list:
-  remat = "true" if impl == "xla" else "false"
-  return [f"--config.model.attn_impl={impl}", f"--config.model.remat={remat}"]
-
-
-def _train(stage: str, workdir: pathlib.Path, budget_s: float,
-           train_steps: int, extra, check=True) -> bool:
-  cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
-         f"--config=configs/emoji_train.py:stage={stage}",
-         f"--config.data.dataset={_DATASET.value}",
-         f"--config.train_steps={train_steps}",
-         f"--config.loop.time_budget_s={max(budget_s, 1.0):.0f}",
-         *_LOOP_DEFAULTS, *extra]
-  if stage == "transformer":
-    cmd += [f"--config.data.captions={_CAPTIONS.value}",
-            f"--config.ckpt.tokenizer={workdir.parent / 'tok'}"]
-  logging.info("%s", " ".join(cmd))
-  return subprocess.run(cmd, check=check).returncode == 0
-
-
-def _stage(stage: str, budget_s: float, later_s: float = 0.0) -> dict:
-  workdir = pathlib.Path(_WORKDIR.value) / ("tok" if stage == "tokenizer"
-                                            else "tf")
-  caps = dict(s.split("=") for s in _MAX_STEPS.value)
-  extra = [e.split(":", 1)[1] for e in _EXTRA.value
-           if e.split(":", 1)[0] == stage]
-  t0 = time.monotonic()
-  impls = [None] if stage == "tokenizer" else list(_IMPLS.value)
-  for i, impl in enumerate(impls):
-    run_extra = (_impl_flags(impl) if impl else []) + extra
-    # The probe's own total only sets its warm-up; a large one keeps the
-    # schedule in warm-up whatever the rate. The last choice must work.
-    probe_s = _PROBE_S.value if impl else _TOK_PROBE_S.value
-    if _train(stage, workdir, probe_s, 10**6, run_extra,
-              check=i == len(impls) - 1):
-      break
-    logging.warning("%s probe with attention %r failed; next: %r", stage,
-                    impl, impls[i + 1])
-  done, rate = budget.last_run(workdir)
-  left = budget_s - (time.monotonic() - t0) - _RESTART_S.value
-  if later_s > 0:
-    left += later_s - _RESTART_S.value
-  steps = budget.planned_steps(done, rate, left, int(caps.get(stage, 0)))
-  logging.info("%s: %d steps in the probe at %.1f steps/s -> %d steps",
-               stage, done, rate, steps)
-  _train(stage, workdir, budget_s - (time.monotonic() - t0), steps,
-         run_extra)
-  end, final_rate = budget.last_run(workdir)
-  return dict(stage=stage, attn_impl=impl, probe_steps=done, probe_rate=rate,
-              planned_steps=steps, end_step=end, final_rate=final_rate,
-              wall_s=time.monotonic() - t0)
-
-
-def _resume() -> dict:
-  workdir = pathlib.Path(_WORKDIR.value) / "tf"
-  t0, steps = time.monotonic(), budget.stored_train_steps(workdir)
-  start, _ = budget.last_run(workdir)
-  model = json.loads((workdir / "config.json").read_text())["model"]
-  extra = [e.split(":", 1)[1] for e in _EXTRA.value
-           if e.split(":", 1)[0] == "transformer"]
-  _train("transformer", workdir, _TF_S.value, steps,
-         _impl_flags(model["attn_impl"]) + extra)
-  end, rate = budget.last_run(workdir)
-  return dict(stage="transformer", resumed_from=start, planned_steps=steps,
-              attn_impl=model["attn_impl"], end_step=end, final_rate=rate,
-              wall_s=time.monotonic() - t0)
-
-
-def _collect(root: pathlib.Path, out: pathlib.Path, summary) -> None:
-  """Exports (both stages) and logs.tar.gz into `out`."""
-  out.mkdir(parents=True, exist_ok=True)
-  (root / "summary.json").write_text(json.dumps(summary, indent=1))
-  for sub in ("tok", "tf"):
-    for f in sorted((root / sub / "export").glob("*.*")):
-      if f.is_file():
-        shutil.copy(f, out / f.name)
-  with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
-    tar.add(root / "summary.json", arcname="summary.json")
-    for sub in ("tok", "tf"):
-      for name in ("results.json", "metrics.jsonl", "curves.json",
-                   "curves.png", "reconstructions.png", "config.json"):
-        if (root / sub / name).exists():
-          tar.add(root / sub / name, arcname=f"{sub}/{name}")
+    "(after the defaults, so it wins).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  driver = driver_lib.Driver(
+      root=pathlib.Path(_WORKDIR.value), dataset=_DATASET.value,
+      captions=_CAPTIONS.value, probe_s=_PROBE_S.value,
+      tokenizer_probe_s=_TOK_PROBE_S.value, restart_s=_RESTART_S.value,
+      attn_impls=tuple(_IMPLS.value),
+      caps={k: int(v) for k, v in (s.split("=") for s in _MAX_STEPS.value)},
+      overrides=tuple(_EXTRA.value))
   if _RESUME.value:
-    summary = [_resume()]
+    summary = [driver.resume(_TF_S.value)]
   else:
-    summary = [_stage("tokenizer", _TOK_S.value),
-               _stage("transformer", _TF_S.value, _LATER_S.value)]
-  logging.info("%s", json.dumps(summary, indent=1))
+    summary = [driver.stage("tokenizer", _TOK_S.value),
+               driver.stage("transformer", _TF_S.value, _LATER_S.value)]
+  logging.info("%s", summary)
   if _OUT.value:
-    _collect(pathlib.Path(_WORKDIR.value), pathlib.Path(_OUT.value), summary)
+    driver_lib.collect(driver.root, pathlib.Path(_OUT.value), summary)
   if not all(math.isfinite(s["final_rate"]) for s in summary):
     raise SystemExit("a stage reported no rate")
 
