@@ -154,8 +154,11 @@ class QuantizerTest(absltest.TestCase):
     self.assertGreater(float(jnp.abs(z1 - z0).max()), 0.1)
 
   def test_default_schedule(self):
-    self.assertEqual(tokenizer.default_schedule((16, 16)),
+    self.assertEqual(tokenizer.default_schedule((32, 32)),
                      config_lib.square_schedule(config_lib.EMOJI_SIDES))
+    self.assertEqual(tokenizer.default_schedule((16, 16)),
+                     config_lib.square_schedule(
+                         (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)))
     self.assertEqual(tokenizer.default_schedule((8, 8)),
                      ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (8, 8)))
 
