@@ -240,6 +240,32 @@ class ShippedWeightsTest(absltest.TestCase):
       weights.embedded_dir("../emoji")
 
 
+class EmojiExportSizeTest(absltest.TestCase):
+  """What training exports for the emoji variant fits the shipping limits.
+
+  Runs on the variant's shapes (zero weights), so it holds before any
+  training: the shipped files of model v2 will be these files.
+  """
+
+  def test_export_fits(self):
+    directory = _tempdir(self)
+    for name, abstract in (
+        (weights.TRANSFORMER, pipeline.abstract_transformer(_EMOJI)),
+        (weights.TOKENIZER, pipeline.abstract_tokenizer(_EMOJI, _EMOJI_TOK))):
+      loop.export_params(directory, jax.tree.map(
+          lambda x: np.zeros(x.shape, x.dtype), abstract), name=name,
+                         max_bytes=loop.LoopConfig(num_steps=1)
+                         .export_max_bytes)
+    (directory / "README.md").write_text("x" * 8000)  # provenance notes
+    files = sorted(p for p in directory.iterdir())
+    total = weights.check_sizes(files)  # <= 16 MiB each, <= 30 MB in all
+    self.assertBetween(total, 27_000_000, 27_200_000)
+    self.assertEqual([p.name for p in files], [
+        "README.md", "tokenizer.manifest.json", "tokenizer_000.npz",
+        "transformer.manifest.json", "transformer_000.npz",
+        "transformer_001.npz"])
+
+
 # ship_weights on a small variant with a BSQ tokenizer: the same checks as
 # for the emoji model, on exports made here (no trained weights needed).
 _SHIP_MODEL = "infinity_tiny"
