@@ -28,7 +28,7 @@ Sizing (model v2: `experiments/train_cost.py` prints XLA's FLOP count of a
 step; the GPU plan is in scripts/train_emoji_gpu.sh):
   tokenizer    3.37M params (encoder 1.35M, decoder 2.02M), stride 4, batch
                64.
-  transformer  10.1M params, 16 layers x 192, 2,255 tokens, batch 64; XLA
+  transformer  10.1M params, 16 layers x 192, 2,304 tokens, batch 64; XLA
                attention keeps (B, H, L, L) probabilities per layer, so it
                runs with `model.remat` (blocks recomputed in the backward
                pass); cuDNN attention (flash) needs no remat.
@@ -59,7 +59,7 @@ def get_config(arg=None):
     # Transformer self-attention in training: 'xla' | 'cudnn' | 'pallas'.
     config.model.attn_impl = "xla"
     # Recompute every block in the backward pass (jax.checkpoint) instead of
-    # keeping its activations: needed with 'xla' attention at v2's 2,255
+    # keeping its activations: needed with 'xla' attention at v2's 2,304
     # tokens (a layer's probabilities are ~4 GB at batch 64).
     config.model.remat = not tiny
     # The transformer stage reads the trained tokenizer from ckpt.tokenizer:

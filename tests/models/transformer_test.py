@@ -57,11 +57,13 @@ class EmojiBudgetTest(absltest.TestCase):
   def test_emoji_schedule(self):
     # Issue 12 (model v2): >= 12 scales, a 32x32 final grid at 128 px
     # (stride 4), depth >= 16, and the last scales hold most tokens, as in
-    # Infinity's 13-scale 1M schedule (last three: 82 % here, 76 % there).
+    # Infinity's 13-scale 1M schedule (last three: 81 % here, 76 % there).
     cfg = config_lib.get_variant("emoji")
     self.assertEqual(cfg.schedule, config_lib.square_schedule(
-        (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)))
-    self.assertEqual(cfg.seq_len, 2255)
+        (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)))
+    self.assertEqual(cfg.seq_len, 2304)
+    # cuDNN's fused attention trains with a bias mask on even lengths only.
+    self.assertEqual(cfg.seq_len % 2, 0)
     self.assertGreaterEqual(cfg.depth, 16)
     self.assertEqual((cfg.width, cfg.num_heads, cfg.head_dim), (192, 3, 64))
     self.assertEqual(cfg.rope_grid, (32, 32))
@@ -72,7 +74,7 @@ class EmojiBudgetTest(absltest.TestCase):
     last3 = sum(cfg.tokens_per_scale[-3:]) / cfg.seq_len
     inf = config_lib.get_variant("infinity_2b")
     inf3 = sum(inf.tokens_per_scale[-3:]) / inf.seq_len
-    self.assertAlmostEqual(last3, 0.823, delta=0.001)
+    self.assertAlmostEqual(last3, 0.806, delta=0.001)
     self.assertGreaterEqual(last3, inf3)
     # The last step is Infinity's last ratio (32 / 24 = 64 / 48).
     self.assertEqual(cfg.schedule[-1][0] / cfg.schedule[-2][0],

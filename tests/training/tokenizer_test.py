@@ -158,9 +158,10 @@ class QuantizerTest(absltest.TestCase):
                      config_lib.square_schedule(config_lib.EMOJI_SIDES))
     self.assertEqual(tokenizer.default_schedule((16, 16)),
                      config_lib.square_schedule(
-                         (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)))
+                         (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)))
     self.assertEqual(tokenizer.default_schedule((8, 8)),
-                     ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (8, 8)))
+                     ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7),
+                      (8, 8)))
 
 
 class TrainStepTest(absltest.TestCase):

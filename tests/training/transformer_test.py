@@ -372,8 +372,8 @@ class TrainStepTest(absltest.TestCase):
     gt_bits, inputs = jax.eval_shape(functools.partial(
         train_lib.make_inputs, tok_cfg=tok, model_cfg=model, bsc=0.3),
                                      tok_params, batch["images"], rng=key)
-    self.assertEqual(gt_bits.shape, (b, 2255, 16))
-    self.assertEqual(inputs.shape, (b, 2254, 16))
+    self.assertEqual(gt_bits.shape, (b, 2304, 16))
+    self.assertEqual(inputs.shape, (b, 2303, 16))
     new_state, metrics = jax.eval_shape(functools.partial(
         train_lib.train_step, model_cfg=model, tok_cfg=tok, tx=_TX, bsc=0.3,
         dtype="bfloat16", remat=True), state, tok_params, batch, key)

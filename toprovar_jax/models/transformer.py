@@ -258,7 +258,7 @@ def teacher_forced_logits(params: Params, cfg: config_lib.TransformerConfig, *,
     labels / text + text_mask: conditioning (see Stem.condition).
     remat: recompute each block in the backward pass (`jax.checkpoint`)
       instead of keeping its activations: with XLA attention a block keeps
-      its (B, H, L, L) probabilities, which at the emoji model's L = 2,255
+      its (B, H, L, L) probabilities, which at the emoji model's L = 2,304
       and batch 64 is ~4 GB a layer. Same values either way.
   Returns:
     (B, L, V) fp32 logits; position l predicts token l.
