@@ -8,11 +8,11 @@ the commands of one lease, so the training is two commands
   #    the cosine schedule is planned over this command and the next one.
   python -m experiments.train_emoji --workdir=/tmp/emoji \
     --dataset=.carry/emoji128/emoji_128.npz \
-    --captions=.carry/emoji_text.npz --tokenizer_s=200 --transformer_s=300 \
-    --later_s=440 --out=$OUT
+    --captions=.carry/emoji_text.npz --tokenizer_s=210 --transformer_s=300 \
+    --later_s=430 --out=$OUT
   # 2: the rest of the same schedule (no probe).
   python -m experiments.train_emoji --workdir=/tmp/emoji --resume \
-    --dataset=... --captions=... --transformer_s=440 --out=$OUT
+    --dataset=... --captions=... --transformer_s=430 --out=$OUT
 
 Each stage of a first command is `experiments/train.py` run twice in one
 workdir (`toprovar_jax.training.driver`):
@@ -45,7 +45,7 @@ from toprovar_jax.training import driver as driver_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "Holds tok/ and tf/.")
 _DATASET = flags.DEFINE_string("dataset", None, "emoji_128.npz")
 _CAPTIONS = flags.DEFINE_string("captions", None, "encode_captions.py npz")
-_TOK_S = flags.DEFINE_float("tokenizer_s", 200.0, "Tokenizer stage seconds.")
+_TOK_S = flags.DEFINE_float("tokenizer_s", 210.0, "Tokenizer stage seconds.")
 _TF_S = flags.DEFINE_float("transformer_s", 300.0,
                            "Transformer seconds in this command.")
 _LATER_S = flags.DEFINE_float(
@@ -54,10 +54,10 @@ _LATER_S = flags.DEFINE_float(
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the transformer "
                             "stage of --workdir with its stored schedule.")
 _PROBE_S = flags.DEFINE_float(
-    "probe_s", 100.0, "Seconds of the transformer's rate-measuring first "
+    "probe_s", 110.0, "Seconds of the transformer's rate-measuring first "
     "run (per attention implementation tried).")
 _TOK_PROBE_S = flags.DEFINE_float(
-    "tokenizer_probe_s", 70.0, "Seconds of the tokenizer's first run.")
+    "tokenizer_probe_s", 90.0, "Seconds of the tokenizer's first run.")
 _RESTART_S = flags.DEFINE_float(
     "restart_s", 25.0, "Expected start-up, restore and (cached) compile "
     "seconds of a resumed run, kept out of its steps.")

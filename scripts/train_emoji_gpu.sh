@@ -2,8 +2,8 @@
 # The two GPU commands that train the emoji model v2 (issue 12), run from
 # the repository root on the device machine, one H200, in one lease:
 #
-#   bash scripts/train_emoji_gpu.sh 1    # carry: [".carry"]; ~500 s
-#   bash scripts/train_emoji_gpu.sh 2    # carry: [".carry"]; ~460 s, next
+#   bash scripts/train_emoji_gpu.sh 1    # carry: [".carry"]; ~530 s
+#   bash scripts/train_emoji_gpu.sh 2    # carry: [".carry"]; ~450 s, next
 #
 # Command 2 must follow command 1 on the same (still warm) machine: it
 # resumes the transformer from the checkpoints command 1 left in $WORKDIR.
@@ -32,8 +32,8 @@ part="${1:?usage: bash scripts/train_emoji_gpu.sh 1|2}"
 : "${OUT:?OUT must name the folder that receives the results}"
 WORKDIR="${WORKDIR:-/tmp/emoji_v2}"
 CARRY="${CARRY:-.carry}"
-TOK_S="${TOK_S:-200}" TF1_S="${TF1_S:-290}" TF2_S="${TF2_S:-440}"
-PROBE_S="${PROBE_S:-100}" TOK_PROBE_S="${TOK_PROBE_S:-70}"
+TOK_S="${TOK_S:-210}" TF1_S="${TF1_S:-300}" TF2_S="${TF2_S:-430}"
+PROBE_S="${PROBE_S:-110}" TOK_PROBE_S="${TOK_PROBE_S:-90}"
 mkdir -p "$OUT"
 if ! python3 -c "import ml_collections" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile \
