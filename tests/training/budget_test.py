@@ -9,7 +9,8 @@ from toprovar_jax.training import budget
 from toprovar_jax.training import loop
 
 
-def _result(start, end, rate):
+def fake_result(start, end, rate):
+  """A loop.RunResult with only the fields results.json keeps."""
   return loop.RunResult(state=None, start_step=start, end_step=end,
                         stopped_by="time_budget", steps_per_sec=rate,
                         compile_s=1.0, wall_s=2.0, eval_metrics={},
@@ -39,9 +40,10 @@ class LastRunTest(absltest.TestCase):
   def test_reads_the_last_run_of_results_json(self):
     # The file as experiments/train.py writes it (loop.append_results).
     workdir = pathlib.Path(tempfile.mkdtemp())
-    loop.append_results(workdir, _result(0, 355, 7.5771), stage="transformer")
+    loop.append_results(workdir, fake_result(0, 355, 7.5771),
+                        stage="transformer")
     self.assertEqual(budget.last_run(workdir), (355, 7.5771))
-    loop.append_results(workdir, _result(355, 2335, 7.5688),
+    loop.append_results(workdir, fake_result(355, 2335, 7.5688),
                         stage="transformer")
     self.assertEqual(budget.last_run(workdir), (2335, 7.5688))
 

@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from toprovar_jax.training import driver
 from toprovar_jax.training import loop
+from tests.training import budget_test
 
 
 class FlagsTest(absltest.TestCase):
@@ -39,13 +40,6 @@ class FlagsTest(absltest.TestCase):
       driver.stage_overrides(("--x=1",), "transformer")
 
 
-def _result(start, end, rate):
-  return loop.RunResult(state=None, start_step=start, end_step=end,
-                        stopped_by="time_budget", steps_per_sec=rate,
-                        compile_s=1.0, wall_s=2.0, eval_metrics={},
-                        export_files=())
-
-
 class _ScriptedDriver(driver.Driver):
   """train() records its calls and writes the scripted run's results.json
   entry (steps added, steps/s), or fails, instead of running train.py."""
@@ -67,7 +61,8 @@ class _ScriptedDriver(driver.Driver):
     workdir.mkdir(parents=True, exist_ok=True)
     start = driver.budget.last_run(workdir)[0] if (
         workdir / "results.json").exists() else 0
-    loop.append_results(workdir, _result(start, start + steps, rate))
+    loop.append_results(workdir, budget_test.fake_result(start, start + steps,
+                                                         rate))
     return True
 
 
