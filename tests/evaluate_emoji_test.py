@@ -124,14 +124,16 @@ class EvaluateEmojiTest(absltest.TestCase):
     self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])
 
   def test_files(self):
-    grids = ["samples_heldout", "samples_heldout_all", "samples_train",
-             "samples_train_all", "tokenizer_reconstructions"]
+    grids = ["grid_heldout", "grid_train", "samples_heldout",
+             "samples_heldout_all", "samples_train", "samples_train_all",
+             "tokenizer_reconstructions"]
     # Nothing else: no temp files left behind.
     self.assertEqual(sorted(os.listdir(self.workdir)),
                      sorted([f"{g}.png" for g in grids] + ["results.json"]))
     self.assertEqual(
         sorted(os.listdir(self.root / "docs")),
-        ["results.json", "samples_heldout.png", "samples_train.png",
+        ["grid_heldout.png", "grid_train.png", "results.json",
+         "samples_heldout.png", "samples_train.png",
          "tokenizer_reconstructions.png"])
     self.assertEqual(self.results["files"], [f"{g}.png" for g in grids])
     # Rows: caption strip (200 px), the emoji, then the samples; 2 px pads.
@@ -142,6 +144,10 @@ class EvaluateEmojiTest(absltest.TestCase):
     self.assertEqual(_png_shape(self.workdir / "samples_train_all.png"),
                      (_TRAIN * tile + 2, 200 + (1 + _PER_CAPTION) * tile + 2,
                       3))
+    # Columns: a 48 px caption strip, the emoji, then the samples.
+    self.assertEqual(_png_shape(self.workdir / "grid_train.png"),
+                     (48 + (1 + _PER_CAPTION) * tile + 2,
+                      _GRID_ROWS * tile + 2, 3))
     self.assertEqual(
         _png_shape(self.workdir / "tokenizer_reconstructions.png"),
         (_GRID_ROWS * tile + 2, 200 + 2 * tile + 2, 3))

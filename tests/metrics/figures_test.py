@@ -33,5 +33,31 @@ class CaptionedGridTest(absltest.TestCase):
       figures.captioned_grid(rows.astype(np.float32), ["a", "b"])
 
 
+class ColumnGridTest(absltest.TestCase):
+
+  def test_layout_tiles_and_labels(self):
+    rng = np.random.default_rng(1)
+    cols = rng.integers(0, 255, (3, 2, 20, 20, 3), dtype=np.uint8)
+    labels = ["red apple", "", "a much longer caption that has to wrap"]
+    grid = figures.column_grid(cols, labels, label_height=40, pad=2)
+    self.assertEqual(grid.shape, (40 + 2 * 22 + 2, 3 * 22 + 2, 3))
+    for c in range(3):
+      for k in range(2):  # tile k of column c: row k, column c
+        y, x = 40 + 2 + k * 22, 2 + c * 22
+        np.testing.assert_array_equal(grid[y:y + 20, x:x + 20], cols[c, k])
+    strip = grid[:40].min(axis=-1)
+    ink = [np.sum(strip[:, 2 + c * 22:22 + c * 22] < 128) for c in range(3)]
+    self.assertGreater(ink[0], 0)
+    self.assertEqual(ink[1], 0)  # empty label: white
+    self.assertGreater(ink[2], 0)
+
+  def test_rejects_mismatched_labels(self):
+    cols = np.zeros((2, 1, 8, 8, 3), np.uint8)
+    with self.assertRaisesRegex(ValueError, "labels"):
+      figures.column_grid(cols, ["one"])
+    with self.assertRaisesRegex(ValueError, "uint8"):
+      figures.column_grid(cols.astype(np.float32), ["a", "b"])
+
+
 if __name__ == "__main__":
   absltest.main()

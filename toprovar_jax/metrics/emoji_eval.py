@@ -156,8 +156,10 @@ class Report:
     figures: {file stem: (H, W, 3) uint8 image}: samples_train and
       samples_heldout (rows: caption, its emoji, its samples; the first
       `grid_rows` captions, in the order of results' per_caption lists),
-      the same with every caption (*_all), tokenizer_reconstructions
-      (caption, held-out emoji, reconstruction).
+      the same with every caption (*_all), grid_train and grid_heldout
+      (the compact grids' captions as columns: caption, its emoji, then its
+      samples downwards), tokenizer_reconstructions (caption, held-out
+      emoji, reconstruction).
   """
   results: Dict[str, Any]
   figures: Dict[str, np.ndarray]
@@ -536,6 +538,9 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
     figs[f"samples_{name}"] = figures.captioned_grid(
         tiles[:config.grid_rows], labels[:config.grid_rows])
     figs[f"samples_{name}_all"] = figures.captioned_grid(tiles, labels)
+    # The same captions as columns: the Noto reference row above the samples.
+    figs[f"grid_{name}"] = figures.column_grid(tiles[:config.grid_rows],
+                                               labels[:config.grid_rows])
 
   figs["tokenizer_reconstructions"] = figures.captioned_grid(
       np.stack([refs[shown], recon], axis=1), [captions[i] for i in shown])
