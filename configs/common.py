@@ -175,7 +175,8 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.prompts = tuple(prompts)
 
   config.sparsity = ml_collections.ConfigDict()
-  # 'dense' | 'fastvar' | named plan under configs/plans/ | plan JSON path.
+  # 'dense' | 'fastvar' | a plan shipped under toprovar_jax/sparsity/plans/ |
+  # a plan JSON path.
   config.sparsity.plan = plan
 
   config.ckpt = ml_collections.ConfigDict()

@@ -30,7 +30,9 @@ from absl import logging
 import jax
 
 from toprovar_jax import benchmarking
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import baselines
+from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import validation
 
 _VARIANT = flags.DEFINE_string("variant", "infinity_2b", "Model variant.")
 _PLANS = flags.DEFINE_list("plans", ["dense"], "Plans to time.")
@@ -62,18 +64,18 @@ def _plan(spec, cfg):
   name, _, entropy_impl = name.partition("@")
   skip = re.fullmatch(r"skipvar_skip(\d+)(?:_uncond(\d+))?", name)
   if skip:
-    plan = plan_lib.validate_plan(plan_lib.skipvar_plan(
+    plan = validation.validate_plan(baselines.skipvar_plan(
         cfg, skip_scales=int(skip.group(1)),
         drop_uncond_from=(int(skip.group(2)) if skip.group(2) else None)), cfg)
   else:
-    plan = plan_lib.load_plan(name, cfg)
+    plan = named.load_plan(name, cfg)
   if scorer:
     scales = tuple(dataclasses.replace(
         s, scorer=scorer, probe_layer=None) if s.scorer == "entropy" else s
                    for s in plan.scales)
     plan = dataclasses.replace(plan, name=f"{plan.name}~{scorer}",
                                scales=scales)
-    plan = plan_lib.validate_plan(plan, cfg)
+    plan = validation.validate_plan(plan, cfg)
   return (plan, entropy_impl or None, int(unroll) if unroll else 1,
           kv_read or "slice", int(unroll_tokens) if unroll_tokens else 0)
 

@@ -26,13 +26,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from toprovar_jax import checkpoints  # noqa: E402
 from toprovar_jax import io  # noqa: E402
-from toprovar_jax import training  # noqa: E402
 from toprovar_jax.data import emoji  # noqa: E402
+from toprovar_jax.training import data as training  # noqa: E402
 from toprovar_jax.training import loop  # noqa: E402
 from toprovar_jax.training import tokenizer  # noqa: E402
 from toprovar_jax.training import transformer  # noqa: E402
+from toprovar_jax.weights import checkpoints  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/emoji_train.py[:stage=...]", lock_config=True)

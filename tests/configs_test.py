@@ -12,8 +12,10 @@ from ml_collections import config_flags
 from configs import common
 from toprovar_jax import pipeline
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.text import features
 
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 _CONFIG_NAMES = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.py")
@@ -148,7 +150,7 @@ class TinyConfigTest(parameterized.TestCase):
       self.assertEqual(cond.text.shape, (2, 32, sampler.model.text_dim))
       self.assertEqual(cond.text_mask.sum(axis=1).tolist(),
                        list(cond.text_lengths))
-      self.assertEqual(cond.text_features, pipeline.PLACEHOLDER_TEXT)
+      self.assertEqual(cond.text_features, features.PLACEHOLDER_TEXT)
 
   @parameterized.named_parameters(
       ("batch_size", "var_tiny", "sampling.batch_size", 0,
@@ -188,7 +190,7 @@ class TinyConfigTest(parameterized.TestCase):
   def test_long_prompt_is_truncated_with_a_warning(self):
     model = config_lib.get_variant("infinity_tiny")
     with self.assertLogs(level="WARNING") as logs:
-      cond = pipeline.make_conditions(
+      cond = conditions_lib.make_conditions(
           model, prompts=("one two three four five six",), text_len=4)
     self.assertIn("truncated", "".join(logs.output))
     self.assertEqual(cond.text_lengths, (4,))
@@ -196,19 +198,19 @@ class TinyConfigTest(parameterized.TestCase):
     self.assertTrue(cond.text_mask.all())
 
   def test_placeholder_features_are_a_function_of_the_prompt(self):
-    a = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    b = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    c = pipeline.placeholder_text_features("a dog", text_dim=64, text_len=8)
+    a = features.placeholder_text_features("a cat", text_dim=64, text_len=8)
+    b = features.placeholder_text_features("a cat", text_dim=64, text_len=8)
+    c = features.placeholder_text_features("a dog", text_dim=64, text_len=8)
     np.testing.assert_array_equal(a, b)
     self.assertEqual(a.shape, (3, 64))  # "a", "cat", end of sequence
     self.assertFalse(np.allclose(a, c))
-    long = pipeline.placeholder_text_features(" ".join(["w"] * 300),
+    long = features.placeholder_text_features(" ".join(["w"] * 300),
                                               text_dim=64, text_len=512)
     self.assertAlmostEqual(float(long.std()), 0.3, delta=0.01)
 
   def test_num_samples_cycles_conditions(self):
     model = config_lib.get_variant("var_tiny")
-    cond = pipeline.make_conditions(model, labels=(1, 2), num_samples=5)
+    cond = conditions_lib.make_conditions(model, labels=(1, 2), num_samples=5)
     np.testing.assert_array_equal(cond.labels, [1, 2, 1, 2, 1])
 
 

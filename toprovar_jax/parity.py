@@ -430,7 +430,7 @@ def check_t5(arrays, meta) -> Dict[str, Dict[str, Any]]:
   """The tiny Flan-T5-style encoder file (README §9-§10)."""
   del meta  # Self-contained: the config comes from the tensor shapes.
   from toprovar_jax.text import t5
-  from toprovar_jax.text import t5_convert
+  from toprovar_jax.convert import t5 as t5_convert
 
   sd = convert_common.strip_prefix(arrays, "t5/")
   try:

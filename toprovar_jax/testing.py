@@ -70,7 +70,7 @@ def probe_sx_plan(cfg, keep=(8, 16), name: str = "pruned"):
   entropy, with the unconditional branch dropped (SkipVAR).
   """
   import dataclasses
-  from toprovar_jax.sampling import plan as plan_lib
+  from toprovar_jax.sparsity import plan as plan_lib
 
   def fn(s, sp):
     if s == 2:

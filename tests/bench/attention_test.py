@@ -1,9 +1,9 @@
-"""Tests for toprovar_jax.attention_bench (the FAE timing harness)."""
+"""Tests for toprovar_jax.bench.attention (the FAE timing harness)."""
 
 from absl.testing import absltest
 import jax.numpy as jnp
 
-from toprovar_jax import attention_bench
+from toprovar_jax.bench import attention as attention_bench
 from toprovar_jax.models import config as config_lib
 
 

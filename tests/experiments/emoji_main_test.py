@@ -26,11 +26,14 @@ from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax.data import emoji as emoji_data
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.text import features
 
 FLAGS = flags.FLAGS
-_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "emoji.py")
+_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "emoji.py")
 _EMOJI = config_lib.get_variant("emoji")
 _SIDE = 128  # 16x16 latent, BSQ stride 8
 
@@ -84,9 +87,9 @@ class EmojiConfigTest(absltest.TestCase):
       emoji_config.get_config("samples=0")
 
   def test_default_plan(self):
-    # configs/plans/README.md, emoji_default: dense to 6x6, then layers 2-7
+    # toprovar_jax/sparsity/plans/README.md, emoji_default: dense to 6x6, then layers 2-7
     # keep half the tokens and restore the rest from the 6x6 branches.
-    plan = plan_lib.load_plan("emoji_default", _EMOJI)
+    plan = named.load_plan("emoji_default", _EMOJI)
     self.assertEqual(plan.name, "emoji_default")
     for s, (sp, (h, w)) in enumerate(zip(plan.scales, plan.schedule)):
       if s < 6:
@@ -99,7 +102,7 @@ class EmojiConfigTest(absltest.TestCase):
                            delta=0.01)
 
   def test_plan_validates_and_saves_flops(self):
-    plan = plan_lib.load_plan("emoji_paper", _EMOJI)
+    plan = named.load_plan("emoji_paper", _EMOJI)
     self.assertEqual(plan.name, "emoji_paper")
     self.assertEqual(plan.schedule, _EMOJI.schedule)
     self.assertIsNone(plan.exit_scale)
@@ -126,9 +129,9 @@ class EmojiConfigTest(absltest.TestCase):
       pipeline.samplers_from_config(config)
 
   def test_minilm_features_for_the_emoji_model(self):
-    cond = pipeline.make_conditions(_EMOJI, prompts=("red apple",),
+    cond = conditions_lib.make_conditions(_EMOJI, prompts=("red apple",),
                                     text_len=32)
-    self.assertEqual(cond.text_features, pipeline.MINILM_TEXT)
+    self.assertEqual(cond.text_features, features.MINILM_TEXT)
     # [CLS] red apple [SEP]
     self.assertEqual(cond.text_lengths, (4,))
     self.assertEqual(cond.text.shape, (1, 32, 384))
@@ -136,21 +139,6 @@ class EmojiConfigTest(absltest.TestCase):
     self.assertFalse(cond.text_mask[0, 4:].any())
     np.testing.assert_array_equal(cond.text[0, 4:], 0.0)
     self.assertGreater(np.abs(cond.text[0, :4]).mean(), 0.0)
-
-
-class SimilarityTest(absltest.TestCase):
-
-  def test_psnr_and_mean_abs_diff(self):
-    a = np.zeros((2, 4, 4, 3), np.uint8)
-    b = a.copy()
-    b[1] = 255
-    sim = pipeline.image_similarity(b, a)
-    self.assertEqual(sim["identical_samples"], 1)
-    self.assertEqual(sim["per_sample_psnr_db"][0], None)
-    self.assertAlmostEqual(sim["per_sample_psnr_db"][1], 0.0)
-    self.assertAlmostEqual(sim["psnr_db"], 10 * np.log10(2.0))
-    self.assertAlmostEqual(sim["mean_abs_diff"], 127.5)
-    self.assertIsNone(pipeline.image_similarity(a, a)["psnr_db"])
 
 
 class EmojiGenerateTest(absltest.TestCase):
@@ -194,7 +182,7 @@ class EmojiGenerateTest(absltest.TestCase):
                      ("embedded:emoji", "embedded:emoji"))
     self.assertIsInstance(r["params_step"], int)
     self.assertIsInstance(r["tokenizer_step"], int)
-    self.assertEqual(r["text_features"], pipeline.MINILM_TEXT)
+    self.assertEqual(r["text_features"], features.MINILM_TEXT)
     self.assertEqual(r["prompts"], ["red apple"])
     self.assertEqual(r["plan"], "dense")
     self.assertEqual(r["grid"], "grid.png")

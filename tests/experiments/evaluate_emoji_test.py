@@ -3,7 +3,7 @@
 Everything it reads is made here in a temp folder, so the test runs from a
 clean clone: a 10-emoji, 32 px dataset (3 held out), MiniLM-shaped caption
 features, and exports of freshly initialised `_emoji_tiny` models written by
-`loop.export_params` (the format of the shipped weights). Random weights
+`weights.shards.write_shards` (the format of the shipped weights). Random weights
 make meaningless images; the test checks what the run measures and writes,
 not how good the images are.
 
@@ -25,13 +25,13 @@ import numpy as np
 import optax
 from PIL import Image
 
-from toprovar_jax import training
 from toprovar_jax.data import emoji
 from toprovar_jax.models import transformer
-from toprovar_jax.training import loop
+from toprovar_jax.training import data as training_data
 from toprovar_jax.training import tokenizer
+from toprovar_jax.weights import shards
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _VARIANT = "_emoji_tiny"
 _SIZE = 32
 _CAPTIONS = ("keycap 1", "red apple", "green apple", "grinning face", "sun",
@@ -61,15 +61,15 @@ def _write_inputs(root: pathlib.Path):
                np.float16),
            mask=mask, sentence_embedding=rng.normal(
                size=(n, _TEXT_DIM)).astype(np.float32))
-  model, tok = training.get_models(_VARIANT)
+  model, tok = training_data.get_models(_VARIANT)
   # Jitted without XLA's optimisation passes: 4 s here, 23 s op by op.
   fast = dict(compiler_options={"xla_backend_optimization_level": 0})
   tok_params = jax.jit(lambda k: tokenizer.init_state(
       tok, k, optax.identity()).params, **fast)(jax.random.key(1))
-  loop.export_params(root / "tok", {"params": tok_params}, name="tokenizer")
-  loop.export_params(root / "tf", jax.jit(functools.partial(
+  shards.write_shards(root / "tok", {"params": tok_params}, name="tokenizer")
+  shards.write_shards(root / "tf", jax.jit(functools.partial(
       transformer.init_params, model), **fast)(jax.random.key(2)),
-                     name="transformer")
+                      name="transformer")
 
 
 def _run(root: pathlib.Path, workdir: pathlib.Path):

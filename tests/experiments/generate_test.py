@@ -21,11 +21,12 @@ from PIL import Image
 
 from experiments import generate
 from toprovar_jax import io
-from toprovar_jax import pipeline
+from toprovar_jax.text import features
+from toprovar_jax.weights import loading
 
 FLAGS = flags.FLAGS
-_TINY = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "tiny.py")
+_TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "tiny.py")
 _MODELS = ("var_tiny", "infinity_tiny")
 _IMAGE_SHAPE = (256, 256, 3)  # both tiny models: 16x16 latent, stride 16
 
@@ -83,8 +84,8 @@ class GenerateTest(absltest.TestCase):
     r = self._results(workdir)
     self.assertEqual(r["model"], model)
     self.assertEqual(r["plan"], "dense")
-    self.assertEqual(r["params_source"], pipeline.RANDOM_INIT)
-    self.assertEqual(r["tokenizer_source"], pipeline.RANDOM_INIT)
+    self.assertEqual(r["params_source"], loading.RANDOM_INIT)
+    self.assertEqual(r["tokenizer_source"], loading.RANDOM_INIT)
     self.assertEqual(r["seeds"], [0])
     self.assertEqual((r["num_samples"], r["batch_size"]), (2, 2))
     self.assertEqual(r["image_shape"], list(_IMAGE_SHAPE))
@@ -115,7 +116,7 @@ class GenerateTest(absltest.TestCase):
   def test_infinity_tiny_run(self):
     r = self._check_run("infinity_tiny")
     self.assertEqual(r["prompts"], ["a red apple", "a small blue car"])
-    self.assertEqual(r["text_features"], pipeline.PLACEHOLDER_TEXT)
+    self.assertEqual(r["text_features"], features.PLACEHOLDER_TEXT)
     self.assertEqual([s["text_tokens"] for s in r["samples"]], [4, 5])
 
   def test_non_empty_workdir_is_refused_and_left_untouched(self):

@@ -21,6 +21,7 @@ from toprovar_jax.convert import common
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.ops import resample
+from toprovar_jax.weights import strict
 
 _CFG = config_lib.TOKENIZERS['infinity_tiny']
 # 0.06M 1:1 template (reference README §2): 521 tokens.
@@ -37,6 +38,8 @@ _GOLDEN_PARAM_COUNTS = {
     'infinity_8b': 81_624_209,
     # Our own emoji tokenizer (SPEC §8): pinned so the shipped size is stable.
     'emoji': 5_142_835,
+    # Test-only miniature (the training and evaluation tests').
+    '_emoji_tiny': 173_899,
 }
 
 _LATENT_TOL = 1e-4
@@ -198,7 +201,7 @@ class ConverterTest(absltest.TestCase):
     del sd[removed]
     sd[reshaped] = np.zeros((7,), np.float32)
     sd[added] = np.zeros((3,), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       convert_lib.convert_bsq_vae(sd, _CFG)
     err = ctx.exception
     self.assertEqual(err.missing, [removed])
@@ -211,7 +214,7 @@ class ConverterTest(absltest.TestCase):
     sd = {k: v for k, v in self.sd.items() if not k.endswith('lfq.mask')}
     convert_lib.convert_bsq_vae(sd, _CFG)  # Absent: fine.
     sd['quantize.lfq.mask'] = np.arange(_D + 1)
-    with self.assertRaisesRegex(common.ConversionError, 'quantize.lfq.mask'):
+    with self.assertRaisesRegex(strict.ConversionError, 'quantize.lfq.mask'):
       convert_lib.convert_bsq_vae(sd, _CFG)
 
   def test_unwrapped_spelling(self):
@@ -224,7 +227,7 @@ class ConverterTest(absltest.TestCase):
                                 _params()['params'])
 
   def test_wrong_config_is_rejected(self):
-    with self.assertRaises(common.ConversionError):
+    with self.assertRaises(strict.ConversionError):
       convert_lib.convert_bsq_vae(
           self.sd, config_lib.replace(_CFG, codebook_dim=32))
 

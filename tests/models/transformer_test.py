@@ -10,6 +10,7 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax import testing
+from toprovar_jax.weights import strict
 
 # Measured from the official modules (ARCHITECTURES A.1 / B.1; reference
 # json `derived.n_params_*` for the tiny ones).
@@ -25,6 +26,8 @@ _GOLDEN_PARAMS = {
     "emoji": 9_410_496,
     "var_tiny": 880_260,
     "infinity_tiny": 3_110_180,
+    # Test-only miniature (the training and evaluation tests').
+    "_emoji_tiny": 225_172,
 }
 
 
@@ -69,7 +72,7 @@ class ConverterTest(parameterized.TestCase):
     sd["bogus.weight"] = np.zeros((3,), np.float32)
     bad = "word_embed.weight"
     sd[bad] = np.zeros((5, 5), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       convert_transformer.convert_transformer(sd, cfg)
     msg = str(ctx.exception)
     self.assertIn(dropped, msg)
@@ -83,7 +86,7 @@ class ConverterTest(parameterized.TestCase):
     sd = common.strip_prefix(testing.load_reference("var_tiny"), "var/")
     cfg = config_lib.replace(config_lib.get_variant("var_tiny"), depth=3,
                              num_heads=2)
-    with self.assertRaisesRegex(common.ConversionError, "blocks.2.attn"):
+    with self.assertRaisesRegex(strict.ConversionError, "blocks.2.attn"):
       convert_transformer.convert_transformer(sd, cfg)
 
   def test_infinity_chunked_and_flat_block_keys_agree(self):

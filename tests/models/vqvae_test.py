@@ -20,6 +20,7 @@ from toprovar_jax.convert import common
 from toprovar_jax.convert import vqvae as convert_lib
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import vqvae
+from toprovar_jax.weights import strict
 
 _CFG = config_lib.TOKENIZERS['var_tiny']
 _PATCH_NUMS = _CFG.patch_nums
@@ -166,7 +167,7 @@ class ConverterTest(absltest.TestCase):
 
   def test_converted_tree_matches_module(self):
     variables = convert_lib.convert_vqvae(_state_dict(), _CFG, verify=False)
-    common.check_against(variables, convert_lib.abstract_variables(_CFG))
+    strict.check_against(variables, convert_lib.abstract_variables(_CFG))
     self.assertEqual(convert_lib.count_params(variables), _TINY_PARAMS)
 
   def test_rejects_missing_unexpected_and_misshaped_keys(self):
@@ -174,7 +175,7 @@ class ConverterTest(absltest.TestCase):
     del sd['decoder.up.3.block.0.nin_shortcut.bias']
     sd['encoder.down.4.attn.2.qkv.weight'] = np.zeros((384, 128, 1, 1))
     sd['quantize.embedding.weight'] = np.zeros((255, 32), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       convert_lib.convert_vqvae(sd, _CFG)
     msg = str(ctx.exception)
     self.assertIn('decoder.up.3.block.0.nin_shortcut.bias', msg)

@@ -34,7 +34,8 @@ from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
 from toprovar_jax.models import vqvae
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
 from toprovar_jax.sampling import sampler as sampler_lib
 
 _B = 2
@@ -129,7 +130,7 @@ def _setup_and_plan(style, plan_name):
   setup = _micro_infinity() if style == "infinity" else _micro_var()
   plan = _PLANS[plan_name](setup[0])
   if plan is not None:
-    plan = plan_lib.validate_plan(plan, setup[0])
+    plan = validation.validate_plan(plan, setup[0])
   return setup, plan
 
 
@@ -194,7 +195,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     # (key_value_seq_lengths in the plain call, q/kv_seqlen + PADDING in the
     # [V | K] entropy call) through a whole sparse generation.
     setup = _micro_infinity()
-    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    plan = validation.validate_plan(_probe_plan(setup[0]), setup[0])
     kw = dict(attn_impl="cudnn", entropy_impl="cudnn", record_entropy=True)
     with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
                            _emulated_cudnn), \
@@ -279,7 +280,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     # Row 0 of the micro text has 5 of 8 tokens: cuDNN gets it as a length
     # (key_value_seq_lengths), XLA as a key mask.
     setup = _micro_infinity()
-    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    plan = validation.validate_plan(_probe_plan(setup[0]), setup[0])
     ref = _generate(setup, plan, attn_impl="xla", record_entropy=True)
     with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
                            _emulated_cudnn), \

@@ -17,9 +17,10 @@ from toprovar_jax import testing
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
 from toprovar_jax.sampling import sampler as sampler_lib
-from toprovar_jax.sampling import selection
+from toprovar_jax.sparsity import selection
 
 _B = 2
 
@@ -76,7 +77,7 @@ class EqualitiesTest(parameterized.TestCase):
   def test_all_sparse_keeping_everything_equals_dense(self, scorer, select,
                                                       restore):
     cfg, params, cond = _micro()
-    plan = plan_lib.validate_plan(_all_sparse(cfg, scorer, select, restore),
+    plan = validation.validate_plan(_all_sparse(cfg, scorer, select, restore),
                                   cfg)
     out = _run(cfg, params, cond, plan)
     ref = _dense_out()
@@ -135,7 +136,7 @@ class PrunedPlanTest(absltest.TestCase):
 
   def test_no_retrace_across_seeds_and_prompts(self):
     cfg, params, cond = _micro()
-    plan = plan_lib.validate_plan(testing.probe_sx_plan(cfg), cfg)
+    plan = validation.validate_plan(testing.probe_sx_plan(cfg), cfg)
     smp = sampler_lib.Sampler(
         model=cfg, tokenizer=None, plan=plan,
         sampling=sampler_lib.SamplingConfig(top_k=0, top_p=0.9))
@@ -153,7 +154,7 @@ class PrunedPlanTest(absltest.TestCase):
     cfg, params, cond = _micro()
     gen = sampler_lib.Sampler.generate
     before = gen._cache_size()
-    p2 = lambda: plan_lib.validate_plan(
+    p2 = lambda: validation.validate_plan(
         testing.probe_sx_plan(cfg, name="p2"), cfg)
     smp = _sampler(cfg, p2())
     for seed in (0, 1, 2):

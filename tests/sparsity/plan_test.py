@@ -1,4 +1,4 @@
-"""Tests for toprovar_jax.sampling.plan: JSON form, validation, static helpers.
+"""Tests for toprovar_jax.sparsity (plan, codec, validation, baselines, named): JSON form, validation, static helpers.
 
 Validation messages are pinned exactly: SPEC §3 requires every failure to
 name the scale and the field.
@@ -15,8 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import layout
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import baselines
+from toprovar_jax.sparsity import codec
+from toprovar_jax.sparsity import layout
+from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
 
 # A 4-layer model with 3 scales (N_s = 1, 4, 16) keeps hand computations short.
 _CFG = config_lib.replace(
@@ -47,14 +51,14 @@ _ENTROPY_2 = dict(keep=8, layers="FFSS", probe_layer=1, scorer="entropy")
 
 
 def _paper_plan() -> plan_lib.SparsityPlan:
-  return plan_lib.load_plan("infinity_2b_paper", _2B)
+  return named.load_plan("infinity_2b_paper", _2B)
 
 
 class ConstructorTest(absltest.TestCase):
 
   def test_dense(self):
     plan = plan_lib.dense_plan(_2B)
-    plan_lib.validate_plan(plan, _2B)
+    validation.validate_plan(plan, _2B)
     self.assertIsNone(plan.exit_scale)
     self.assertEqual([sp.keep for sp in plan.scales],
                      list(_2B.tokens_per_scale))
@@ -64,8 +68,8 @@ class ConstructorTest(absltest.TestCase):
       self.assertTrue(sp.guidance)
 
   def test_fastvar_2b(self):
-    plan = plan_lib.fastvar_plan(_2B)
-    plan_lib.validate_plan(plan, _2B)
+    plan = baselines.fastvar_plan(_2B)
+    validation.validate_plan(plan, _2B)
     self.assertEqual(plan.exit_scale, 11)
     self.assertLen(plan.scales, 11)
     sparse = "FFF" + "S" * 25 + "FFFF"  # blocks 3..27 of 32
@@ -80,10 +84,10 @@ class ConstructorTest(absltest.TestCase):
     self.assertEqual(plan.scales[8].layers, "F" * 32)  # the 24x24 cache
 
   def test_fastvar_scales_layer_range(self):
-    self.assertEqual(plan_lib.fastvar_layer_range(32), (3, 28))
-    self.assertEqual(plan_lib.fastvar_layer_range(40), (4, 35))
+    self.assertEqual(baselines.fastvar_layer_range(32), (3, 28))
+    self.assertEqual(baselines.fastvar_layer_range(40), (4, 35))
     cfg = config_lib.get_variant("infinity_8b")
-    plan = plan_lib.validate_plan(plan_lib.fastvar_plan(cfg), cfg)
+    plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
     self.assertEqual(plan.scales[9].layers, "F" * 4 + "S" * 31 + "F" * 5)
 
   def test_fastvar_rejects_other_schedules(self):
@@ -91,11 +95,11 @@ class ConstructorTest(absltest.TestCase):
         plan_lib.PlanError,
         r"^plan 'fastvar', field 'schedule': FastVAR is defined only for "
         r"the 13-scale 1:1 1M Infinity schedule"):
-      plan_lib.fastvar_plan(config_lib.get_variant("var_d16"))
+      baselines.fastvar_plan(config_lib.get_variant("var_d16"))
 
   def test_skipvar(self):
-    plan = plan_lib.skipvar_plan(_2B, skip_scales=2, drop_uncond_from=10)
-    plan_lib.validate_plan(plan, _2B)
+    plan = baselines.skipvar_plan(_2B, skip_scales=2, drop_uncond_from=10)
+    validation.validate_plan(plan, _2B)
     self.assertEqual(plan.exit_scale, 11)
     self.assertEqual([sp.guidance for sp in plan.scales],
                      [True] * 10 + [False])
@@ -120,21 +124,21 @@ class JsonTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ("dense", lambda: plan_lib.dense_plan(_2B)),
       ("paper", _paper_plan),
-      ("fastvar", lambda: plan_lib.fastvar_plan(_2B)),
-      ("skipvar", lambda: plan_lib.skipvar_plan(_2B, skip_scales=1,
+      ("fastvar", lambda: baselines.fastvar_plan(_2B)),
+      ("skipvar", lambda: baselines.skipvar_plan(_2B, skip_scales=1,
                                                 drop_uncond_from=11)),
   )
   def test_round_trip(self, make):
     plan = make()
-    text = plan_lib.plan_to_json(plan)
-    back = plan_lib.plan_from_json(text)
+    text = codec.plan_to_json(plan)
+    back = codec.plan_from_json(text)
     self.assertEqual(back, plan)
     self.assertEqual(hash(back), hash(plan))
-    self.assertEqual(plan_lib.plan_from_json(json.loads(text)), plan)
-    self.assertEqual(plan_lib.plan_to_json(back), text)
+    self.assertEqual(codec.plan_from_json(json.loads(text)), plan)
+    self.assertEqual(codec.plan_to_json(back), text)
 
   def test_documented_form(self):
-    d = json.loads(plan_lib.plan_to_json(plan_lib.dense_plan(_CFG)))
+    d = json.loads(codec.plan_to_json(plan_lib.dense_plan(_CFG)))
     self.assertEqual(list(d), ["name", "schedule", "num_layers", "exit_scale",
                                "scales"])
     self.assertEqual(d["schedule"], [[1, 1], [2, 2], [4, 4]])
@@ -145,14 +149,14 @@ class JsonTest(parameterized.TestCase):
 
   def test_paper_file_is_canonical(self):
     # The checked-in file is exactly what plan_to_json writes.
-    with open(os.path.join(plan_lib.PLANS_DIR, "infinity_2b_paper.json"),
+    with open(os.path.join(named.plans_dir(), "infinity_2b_paper.json"),
               encoding="utf-8") as f:
       text = f.read()
-    self.assertEqual(plan_lib.plan_to_json(plan_lib.plan_from_json(text)),
+    self.assertEqual(codec.plan_to_json(codec.plan_from_json(text)),
                      text)
 
   def _dense_dict(self):
-    return json.loads(plan_lib.plan_to_json(_plan()))
+    return json.loads(codec.plan_to_json(_plan()))
 
   def test_unknown_top_level_field(self):
     d = self._dense_dict()
@@ -161,7 +165,7 @@ class JsonTest(parameterized.TestCase):
         plan_lib.PlanError,
         "plan 'p', field 'exit': unknown field; expected only ['name', "
         "'schedule', 'num_layers', 'exit_scale', 'scales']"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   def test_unknown_scale_field(self):
     d = self._dense_dict()
@@ -169,7 +173,7 @@ class JsonTest(parameterized.TestCase):
     with self.assertRaisesRegex(
         plan_lib.PlanError,
         r"^plan 'p', scale 1, field 'kep': unknown field"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   def test_missing_scale_field(self):
     d = self._dense_dict()
@@ -177,14 +181,14 @@ class JsonTest(parameterized.TestCase):
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
         "plan 'p', scale 2, field 'guidance': missing field"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   def test_missing_top_level_field(self):
     d = self._dense_dict()
     del d["exit_scale"]
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError, "plan 'p', field 'exit_scale': missing field"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   def test_bad_schedule_entry(self):
     d = self._dense_dict()
@@ -193,7 +197,7 @@ class JsonTest(parameterized.TestCase):
         plan_lib.PlanError,
         "plan 'p', scale 1, field 'schedule': must be an [h, w] pair of ints,"
         " got [2, 2.0]"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   @parameterized.named_parameters(
       ("keep_bool", "keep", True, "must be an int, got True"),
@@ -208,53 +212,53 @@ class JsonTest(parameterized.TestCase):
     d["scales"][1][field] = value
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError, f"plan 'p', scale 1, field '{field}': {message}"):
-      plan_lib.plan_from_json(d)
+      codec.plan_from_json(d)
 
   def test_duplicate_key(self):
-    text = plan_lib.plan_to_json(_plan()).replace(
+    text = codec.plan_to_json(_plan()).replace(
         '"num_layers": 4,', '"num_layers": 4, "num_layers": 5,')
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
         "field 'num_layers': duplicate key 'num_layers' in the plan JSON"):
-      plan_lib.plan_from_json(text)
+      codec.plan_from_json(text)
 
   def test_nan_constant(self):
-    text = plan_lib.plan_to_json(_plan()).replace('"keep": 4', '"keep": NaN')
+    text = codec.plan_to_json(_plan()).replace('"keep": 4', '"keep": NaN')
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError, "non-standard JSON constant NaN"):
-      plan_lib.plan_from_json(text)
+      codec.plan_from_json(text)
 
   def test_not_json(self):
     with self.assertRaisesRegex(plan_lib.PlanError, "^not valid JSON: "):
-      plan_lib.plan_from_json("{'name': 1}")
+      codec.plan_from_json("{'name': 1}")
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError, "the plan must be a JSON object, got list"):
-      plan_lib.plan_from_json("[]")
+      codec.plan_from_json("[]")
 
 
 class LoadTest(absltest.TestCase):
 
   def test_named_and_builtin(self):
-    self.assertEqual(plan_lib.load_plan("dense", _2B),
+    self.assertEqual(named.load_plan("dense", _2B),
                      plan_lib.dense_plan(_2B))
-    self.assertEqual(plan_lib.load_plan("fastvar", _2B),
-                     plan_lib.fastvar_plan(_2B))
-    self.assertIn("infinity_2b_paper", plan_lib.named_plans())
+    self.assertEqual(named.load_plan("fastvar", _2B),
+                     baselines.fastvar_plan(_2B))
+    self.assertIn("infinity_2b_paper", named.named_plans())
 
   def test_path(self):
-    plan = plan_lib.fastvar_plan(_2B)
+    plan = baselines.fastvar_plan(_2B)
     with tempfile.TemporaryDirectory() as d:
       path = os.path.join(d, "mine.json")
       with open(path, "w", encoding="utf-8") as f:
-        f.write(plan_lib.plan_to_json(plan))
-      self.assertEqual(plan_lib.load_plan(path, _2B), plan)
+        f.write(codec.plan_to_json(plan))
+      self.assertEqual(named.load_plan(path, _2B), plan)
 
   def test_validates_against_model(self):
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
         "plan 'infinity_2b_paper', field 'num_layers': plan has 32 layers, "
         "model 'infinity_8b' has depth 40"):
-      plan_lib.load_plan("infinity_2b_paper",
+      named.load_plan("infinity_2b_paper",
                          config_lib.get_variant("infinity_8b"))
 
   def test_unknown_name(self):
@@ -262,12 +266,12 @@ class LoadTest(absltest.TestCase):
         plan_lib.PlanError,
         r"^field 'plan': no named plan 'nope' under .*; known: \['dense', "
         r"'fastvar', .*'infinity_2b_paper'"):
-      plan_lib.load_plan("nope", _2B)
+      named.load_plan("nope", _2B)
 
   def test_missing_file(self):
     with self.assertRaisesRegex(plan_lib.PlanError,
                                 r"^field 'plan': cannot read plan file"):
-      plan_lib.load_plan("/nonexistent/plan.json", _2B)
+      named.load_plan("/nonexistent/plan.json", _2B)
 
 
 class ValidationTest(parameterized.TestCase):
@@ -275,16 +279,16 @@ class ValidationTest(parameterized.TestCase):
 
   def assertPlanError(self, plan, message, cfg=_CFG):
     with self.assertRaisesWithLiteralMatch(plan_lib.PlanError, message):
-      plan_lib.validate_plan(plan, cfg)
+      validation.validate_plan(plan, cfg)
 
   def test_valid_small_plans(self):
-    plan_lib.validate_plan(_plan(), _CFG)
-    plan_lib.validate_plan(_plan(_scale(1), _scale(4), _scale(**_ENTROPY_2)),
+    validation.validate_plan(_plan(), _CFG)
+    validation.validate_plan(_plan(_scale(1), _scale(4), _scale(**_ENTROPY_2)),
                            _CFG)
 
   def test_error_attributes(self):
     with self.assertRaises(plan_lib.PlanError) as ctx:
-      plan_lib.validate_plan(_plan(_scale(1), _scale(0)), _CFG)
+      validation.validate_plan(_plan(_scale(1), _scale(0)), _CFG)
     self.assertIsInstance(ctx.exception, ValueError)
     self.assertEqual((ctx.exception.plan, ctx.exception.scale,
                       ctx.exception.field), ("p", 1, "keep"))
@@ -390,7 +394,7 @@ class ValidationTest(parameterized.TestCase):
         "probe_layer at scale 1")
 
   def test_previous_with_probe_is_valid(self):
-    plan_lib.validate_plan(
+    validation.validate_plan(
         _plan(_scale(1), _scale(4, probe_layer=3),
               _scale(8, "SSSS", scorer="entropy", entropy_from="previous")),
         _CFG)
@@ -440,7 +444,7 @@ class ValidationTest(parameterized.TestCase):
         "scale 1; cached restore needs full-map branch outputs there (F)")
 
   def test_cache_scale_full_is_valid(self):
-    plan_lib.validate_plan(
+    validation.validate_plan(
         _plan(_scale(1), _scale(2, "FFFS", scorer="frequency"),
               _scale(8, "FSSF", scorer="frequency", restore="cached",
                      cache_from=1)), _CFG)
@@ -459,8 +463,8 @@ class ValidationTest(parameterized.TestCase):
 
   def test_none_scorer_without_pruning_is_valid(self):
     # K_s = N_s in S layers, or K_s < N_s with no S layer: nothing to score.
-    plan_lib.validate_plan(_plan(_scale(1), _scale(4, "SSSS")), _CFG)
-    plan_lib.validate_plan(_plan(_scale(1), _scale(2, "FXXF")), _CFG)
+    validation.validate_plan(_plan(_scale(1), _scale(4, "SSSS")), _CFG)
+    validation.validate_plan(_plan(_scale(1), _scale(2, "FXXF")), _CFG)
 
   def test_guidance_back_on(self):
     self.assertPlanError(
@@ -494,7 +498,7 @@ class HelpersTest(absltest.TestCase):
             _scale(2, "FFSSSF", scorer="frequency"),
             _scale(8, "FFSSXF", probe_layer=1, scorer="entropy"),
         ))
-    plan_lib.validate_plan(self.plan, self.cfg)
+    validation.validate_plan(self.plan, self.cfg)
 
   def test_kv_cache_lengths(self):
     self.assertEqual(layout.kv_cache_lengths(self.plan, self.cfg),
@@ -504,7 +508,7 @@ class HelpersTest(absltest.TestCase):
 
   def test_kv_cache_lengths_fastvar(self):
     # 2B FastVAR: dense through 24x24 (1497), then 615 + 800 in S layers.
-    lengths = layout.kv_cache_lengths(plan_lib.fastvar_plan(_2B), _2B)
+    lengths = layout.kv_cache_lengths(baselines.fastvar_plan(_2B), _2B)
     self.assertEqual(lengths, (4121,) * 3 + (1497 + 615 + 800,) * 25
                      + (4121,) * 4)
 
@@ -548,8 +552,8 @@ class JitStaticTest(absltest.TestCase):
       return x * layout.kv_cache_lengths(plan)[0]
 
     g = jax.jit(f, static_argnames="plan")
-    a = plan_lib.fastvar_plan(_2B)
-    b = plan_lib.plan_from_json(plan_lib.plan_to_json(a))
+    a = baselines.fastvar_plan(_2B)
+    b = codec.plan_from_json(codec.plan_to_json(a))
     self.assertIsNot(a, b)
     self.assertEqual(float(g(jnp.ones(()), plan=a)), 4121.0)
     self.assertEqual(float(g(jnp.ones(()), plan=b)), 4121.0)

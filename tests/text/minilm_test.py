@@ -17,9 +17,9 @@ import numpy as np
 from safetensors import numpy as safetensors_np
 
 from toprovar_jax import testing
-from toprovar_jax.convert import common
 from toprovar_jax.text import minilm
 from toprovar_jax.text import minilm_loader
+from toprovar_jax.weights import strict
 
 # Reference README §12, "suggested tolerances for an fp32 port".
 _HIDDEN_REAL_ATOL = 1e-4
@@ -224,7 +224,7 @@ class MiniLMConverterTest(_WheelTestCase):
     sd["embeddings.token_type_embeddings.weight"] = np.zeros((3, 384),
                                                              np.float32)
     sd["pooler.dense.weight"] = np.zeros((384, 385), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       minilm_loader.convert_state_dict(sd)
     err = ctx.exception
     self.assertEqual(err.missing, ["encoder.layer.3.attention.self.key.bias"])

@@ -21,8 +21,9 @@ from safetensors import numpy as safetensors_np
 
 from toprovar_jax import testing
 from toprovar_jax.convert import common
+from toprovar_jax.convert import t5 as t5_convert
 from toprovar_jax.text import t5
-from toprovar_jax.text import t5_convert
+from toprovar_jax.weights import strict
 
 _HIDDEN_ATOL = 1e-4
 _ERF_GELU_MIN_ERR = 2e-4  # README §12: the wrong GELU moves outputs 6.4e-4.
@@ -224,7 +225,7 @@ class T5ConverterTest(absltest.TestCase):
     # Only block 0 owns a bias table (README §9).
     sd[_REL_BIAS.replace("block.0", "block.1")] = sd[_REL_BIAS]
     sd[_Q0] = np.zeros((64, 65), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       t5_convert.convert_state_dict(sd, self.config)
     err = ctx.exception
     self.assertEqual(err.missing, [
@@ -234,7 +235,7 @@ class T5ConverterTest(absltest.TestCase):
     self.assertEqual(err.mismatched, [(_Q0, (64, 65), (64, 64))])
 
   def test_wrong_config_is_rejected(self):
-    with self.assertRaises(common.ConversionError) as ctx:
+    with self.assertRaises(strict.ConversionError) as ctx:
       t5_convert.convert_state_dict(self.sd,
                                     t5.T5Config.tiny(num_layers=3))
     self.assertIn("encoder.block.2.layer.0.SelfAttention.q.weight",

@@ -1,4 +1,4 @@
-"""Orbax params checkpoints: round trip, strict restore, pipeline loading.
+"""Orbax params checkpoints: round trip and strict restore.
 
 Parameter values come from numpy filled into the tiny models' abstract trees
 (`jax.eval_shape`), so these tests never compile an init.
@@ -13,14 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
-from toprovar_jax import checkpoints
-from toprovar_jax import pipeline
-from toprovar_jax.convert import bsq_vae as convert_bsq_vae
-from toprovar_jax.convert import common as convert_common
-from toprovar_jax.convert import vqvae as convert_vqvae
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.weights import checkpoints
+from toprovar_jax.weights import loading
 
 
 def _tempdir(test):
@@ -34,9 +29,8 @@ def _tempdir(test):
 @functools.lru_cache(maxsize=None)
 def _abstract(name):
   """(transformer, tokenizer) ShapeDtypeStruct trees of a tiny model."""
-  sampler = sampler_lib.Sampler(model=config_lib.get_variant(name),
-                                tokenizer=config_lib.get_tokenizer(name))
-  return pipeline.abstract_params(sampler)
+  return loading.abstract_params(config_lib.get_variant(name),
+                                 config_lib.get_tokenizer(name))
 
 
 def _fill(abstract, seed=0):
@@ -134,52 +128,6 @@ class StrictRestoreTest(absltest.TestCase):
                                  self.abstract)
     with self.assertRaisesRegex(FileNotFoundError, "no orbax tree metadata"):
       checkpoints.restore_params(self.root, self.abstract)
-
-
-class LayoutTest(absltest.TestCase):
-
-  def test_tokenizer_layout_is_what_the_converters_write(self):
-    # Checkpoints come from the converters; the pipeline restores into its
-    # own abstract tree (init on a one-latent-pixel image). They must agree.
-    for name, expected in (
-        ("var_tiny", convert_vqvae.abstract_variables(
-            config_lib.get_tokenizer("var_tiny"))),
-        ("infinity_tiny", {"params": convert_bsq_vae.abstract_params(
-            config_lib.get_tokenizer("infinity_tiny"))})):
-      _, got = _abstract(name)
-      convert_common.check_against(got, expected, context=name)
-      self.assertEqual(jax.tree.map(lambda x: x.dtype, got),
-                       jax.tree.map(lambda x: x.dtype, expected))
-
-
-class LoadOrInitTest(absltest.TestCase):
-
-  def test_configured_checkpoints_are_loaded_and_named(self):
-    root = _tempdir(self)
-    abstract_tf, abstract_tok = _abstract("infinity_tiny")
-    params, vae = _fill(abstract_tf, 1), _fill(abstract_tok, 2)
-    checkpoints.save_params(os.path.join(root, "transformer"), params)
-    checkpoints.save_params(os.path.join(root, "tokenizer"), vae)
-    config = tiny.get_config(f"model=infinity_tiny,ckpt_dir={root}")
-    got_tf, got_tok, source = pipeline.load_or_init(config,
-                                                    jax.random.key(0))
-    self.assertEqual(source.transformer, os.path.join(root, "transformer"))
-    self.assertEqual(source.tokenizer, os.path.join(root, "tokenizer"))
-    self.assertFalse(source.random_init)
-    np.testing.assert_array_equal(got_tf["stem"]["head"]["kernel"],
-                                  params["stem"]["head"]["kernel"])
-    for got, want in zip(jax.tree.leaves(got_tok), jax.tree.leaves(vae)):
-      np.testing.assert_array_equal(np.asarray(got), want)
-
-  def test_a_bad_checkpoint_fails_naming_the_config_field(self):
-    root = _tempdir(self)
-    abstract_tf, _ = _abstract("var_tiny")
-    checkpoints.save_params(os.path.join(root, "transformer"),
-                            _drop(_fill(abstract_tf), "stem/pos_start"))
-    config = tiny.get_config(f"ckpt_dir={root}")
-    with self.assertRaisesRegex(checkpoints.ConversionError,
-                                r"config.ckpt.transformer(.|\n)*pos_start"):
-      pipeline.load_or_init(config, jax.random.key(0))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import safetensors
 
 from toprovar_jax.convert import common
 from toprovar_jax.text import t5
+from toprovar_jax.weights import strict
 
 PathLike = Union[str, os.PathLike]
 Params = Dict[str, Any]
@@ -88,7 +89,7 @@ def convert_state_dict(state_dict: Mapping[str, Any],
     exactly).
 
   Raises:
-    common.ConversionError: listing every missing, unexpected and mis-shaped
+    strict.ConversionError: listing every missing, unexpected and mis-shaped
       key at once (e.g. a relative-bias table outside block 0).
     ValueError: both embedding names present with different values.
   """
@@ -129,7 +130,7 @@ def convert_state_dict(state_dict: Mapping[str, Any],
                                            (c,))}
   sd.finish()
   # Guards the mapping itself: the tree must be exactly the module's.
-  common.check_against(params, t5.abstract_params(config),
+  strict.check_against(params, t5.abstract_params(config),
                        context="T5 converter")
   return params
 

@@ -54,25 +54,26 @@ import hashlib
 import json
 import pathlib
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toprovar_jax import pipeline
-from toprovar_jax import training
-from toprovar_jax import weights
-from toprovar_jax.convert import common
 from toprovar_jax.data import emoji
+from toprovar_jax.metrics import emoji_scores
 from toprovar_jax.metrics import figures
 from toprovar_jax.metrics import lpips
-from toprovar_jax.metrics import retrieval
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.training import data as training_data
 from toprovar_jax.training import loop
 from toprovar_jax.training import tokenizer as tokenizer_lib
+from toprovar_jax.weights import loading
+from toprovar_jax.weights import shards
+from toprovar_jax.weights import strict
 
 COMMON_CAPTIONS = ("red apple", "grinning face", "dog face")
 _CHOICE_SALT = "emoji-eval"
@@ -171,19 +172,19 @@ def load_models(*, tokenizer_dir: str, transformer_dir: str,
     tokenizer_dir: folder of the "tokenizer" export (or a training workdir
       holding it under export/).
     transformer_dir: folder of the "transformer" export (likewise).
-    variant: `training.get_models` variant the exports were trained as.
+    variant: `training_data.get_models` variant the exports were trained as.
 
   Raises:
     FileNotFoundError: an export is missing.
     ConversionError: a tree does not match the variant (leaves listed).
   """
-  model, tok = training.get_models(variant)
+  model, tok = training_data.get_models(variant)
   tok_folder = _export_folder(tokenizer_dir, "tokenizer")
   vae_params = tokenizer_lib.load_trained(str(tok_folder), tok)
   tf_folder = _export_folder(transformer_dir, "transformer")
-  tree, manifest = weights.load_shards(tf_folder, "transformer",
-                                    dtype=np.float32)
-  common.check_against(tree, pipeline.abstract_transformer(model),
+  tree, manifest = shards.load_shards(tf_folder, "transformer",
+                                     dtype=np.float32)
+  strict.check_against(tree, loading.abstract_transformer(model),
                        context=str(tf_folder))
   params = jax.tree.map(jnp.asarray, tree)
   tok_manifest = json.loads(
@@ -200,7 +201,7 @@ def load_models(*, tokenizer_dir: str, transformer_dir: str,
 def sentence_embeddings(path: str, captions: Sequence[str]) -> np.ndarray:
   """(C, E) float32 `sentence_embedding` rows of an encode_captions npz."""
   with np.load(path, allow_pickle=False) as f:
-    rows = training.caption_rows(f, captions, path)
+    rows = training_data.caption_rows(f, captions, path)
     return f["sentence_embedding"][rows].astype(np.float32)
 
 
@@ -294,121 +295,14 @@ def generate(models: Models, text: np.ndarray, text_mask: np.ndarray, *,
     ta = time.perf_counter()
     latent = jax.block_until_ready(compiled(*a, **kw).latent)
     tb = time.perf_counter()
-    images.append(np.asarray(pipeline.decode(sampler, models.vae_params,
-                                             latent)))
+    images.append(np.asarray(runner.decode(sampler, models.vae_params,
+                                           latent)))
     tc = time.perf_counter()
     timings["generate_s"] += tb - ta
     timings["decode_s"] += tc - tb
     logging.info("generated batch %d/%d (%d images): %.1f s + decode %.1f s",
                  j + 1, num_batches, bs, tb - ta, tc - tb)
   return np.concatenate(images)[:n], timings
-
-
-# -----------------------------------------------------------------------------
-# Scoring.
-# -----------------------------------------------------------------------------
-
-
-def _derangement(c: int) -> np.ndarray:
-  """Caption i -> caption i + C/2 (mod C): fixed, and none maps to itself."""
-  return (np.arange(c) + c // 2) % c
-
-
-def _shuffled_baseline(distances: np.ndarray, own: np.ndarray,
-                       samples_per_caption: int) -> Optional[Dict[str, Any]]:
-  """Retrieval of ANOTHER caption's emoji by the same samples.
-
-  Each sample is scored against the emoji of a different evaluated caption
-  (`_derangement`). This is what the top-k rates would be if samples
-  ignored their caption: it separates caption-specific likeness from
-  samples that are merely close to many emoji (LPIPS has hubs: plain,
-  simple glyphs sit near everything). None for fewer than two captions.
-  """
-  c = len(own)
-  if c < 2:
-    return None
-  rank = retrieval.ranks(distances, np.repeat(own[_derangement(c)],
-                                              samples_per_caption))
-  return dict(top1=float(np.mean(rank <= 1)), top5=float(np.mean(rank <= 5)),
-              median_rank=float(np.median(rank)))
-
-
-def consistency(distances: np.ndarray, true_distances: np.ndarray, *,
-                neighbours: np.ndarray, own: np.ndarray,
-                samples_per_caption: int) -> Dict[str, Any]:
-  """Text-neighbour consistency of one caption set (module docstring, 3).
-
-  Args:
-    distances: (C R, N) LPIPS of the samples (caption-major) to all emoji.
-    true_distances: (C, N) LPIPS of each caption's own emoji to all emoji.
-    neighbours: (C, K) dataset indices of each caption's text neighbours.
-    own: (C,) dataset index of each caption's emoji.
-    samples_per_caption: R.
-
-  Returns:
-    {"neighbour_auc", "random_neighbour_auc", "neighbour_win_rate",
-     "true_emoji_neighbour_auc" (module docstring; the random ones None for
-     C < 2), "nearest_caption_top5", "nearest_caption_median_rank" (rank
-     among all N emoji of the nearest text neighbour's emoji)}.
-  """
-  c, r = len(own), samples_per_caption
-  per_sample = lambda x: np.repeat(x, r, axis=0)
-  auc = retrieval.set_auc(distances, per_sample(neighbours), per_sample(own))
-  ceiling = retrieval.set_auc(true_distances, neighbours, own)
-  nearest = retrieval.ranks(distances, per_sample(neighbours[:, 0]))
-  out = dict(neighbour_auc=float(auc.mean()),
-             true_emoji_neighbour_auc=float(ceiling.mean()),
-             random_neighbour_auc=None, neighbour_win_rate=None,
-             nearest_caption_top5=float(np.mean(nearest <= 5)),
-             nearest_caption_median_rank=float(np.median(nearest)))
-  if c >= 2:
-    other = _derangement(c)
-    rand = retrieval.set_auc(distances, per_sample(neighbours[other]),
-                             per_sample(own))
-    out.update(random_neighbour_auc=float(rand.mean()),
-               neighbour_win_rate=float(np.mean(auc > rand)))
-  return out
-
-
-def score_set(distances: np.ndarray, true_distances: np.ndarray,
-              own: np.ndarray, *, captions: Sequence[str],
-              train_idx: np.ndarray, train_emb: np.ndarray,
-              query_emb: np.ndarray, samples_per_caption: int,
-              neighbours: int) -> Dict[str, Any]:
-  """Retrieval, shuffled baseline and consistency of one caption set.
-
-  Args:
-    distances: (C R, N) LPIPS of the set's samples (caption-major) to all
-      emoji.
-    true_distances: (C, N) LPIPS of each caption's own emoji to all emoji.
-    own: (C,) dataset index of each caption.
-    captions: (N,) all dataset captions.
-    train_idx: (N_train,) dataset indices of the training captions.
-    train_emb: (N_train, E) their sentence embeddings.
-    query_emb: (C, E) sentence embeddings of the set's captions.
-    samples_per_caption: R.
-    neighbours: K text neighbours.
-
-  Returns:
-    `retrieval.summarize` plus "shuffled_baseline" and "consistency".
-  """
-  r = samples_per_caption
-  rank = retrieval.ranks(distances, np.repeat(own, r))
-  summary = retrieval.summarize(
-      rank, np.repeat([captions[i] for i in own], r), len(captions))
-  summary["shuffled_baseline"] = _shuffled_baseline(distances, own, r)
-  # Text neighbours among the training captions, never the caption itself.
-  row_of = {int(i): j for j, i in enumerate(train_idx)}
-  nb = retrieval.text_neighbours(
-      query_emb, train_emb, neighbours,
-      exclude=np.asarray([row_of.get(int(i), -1) for i in own]))
-  summary["consistency"] = consistency(
-      distances, true_distances, neighbours=train_idx[nb], own=own,
-      samples_per_caption=r)
-  summary["consistency"]["neighbours_example"] = {
-      captions[i]: [captions[j] for j in train_idx[nb[k]]]
-      for k, i in enumerate(own[:3])}
-  return summary
 
 
 def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
@@ -425,12 +319,12 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
     Report.
   """
   t_start = time.perf_counter()
-  size = training.image_size(models.model, models.tokenizer)
+  size = training_data.image_size(models.model, models.tokenizer)
   if dataset.images.shape[1] != size:
     raise ValueError(f"dataset: {dataset.images.shape[1]} px emoji; "
                      f"{models.model.name} makes {size} px")
   captions = [str(c) for c in dataset.captions]
-  train, held = training.split(dataset)
+  train, held = training_data.split(dataset)
   refs = emoji.composite(dataset.images)  # (N, S, S, 3) on white
   timings: Dict[str, float] = {}
 
@@ -438,7 +332,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
   t0 = time.perf_counter()
   held_idx = np.nonzero(held)[0]
   tok_kw = dict(tok_cfg=models.tokenizer,
-                schedule=training.vae_schedule(models.model),
+                schedule=training_data.vae_schedule(models.model),
                 batch_size=min(64, len(held_idx)))
   tok_metrics = tokenizer_lib.evaluate(models.vae_params["params"],
                                        refs[held_idx], **tok_kw)
@@ -456,7 +350,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
       heldout=held_idx[:config.num_heldout_captions or None])
   order = np.concatenate(list(sets.values()))  # (C_all,)
   r = config.samples_per_caption
-  text, text_mask = training.caption_features(
+  text, text_mask = training_data.caption_features(
       captions_path, [captions[i] for i in order])
   logging.info("generating %d x %d samples (batches of %d)", len(order), r,
                config.batch_size)
@@ -482,7 +376,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
   for name, idx in sets.items():
     c = len(idx)
     rows = slice(start * r, (start + c) * r)
-    summary = score_set(
+    summary = emoji_scores.score_set(
         sample_d[rows], true_d[start:start + c], idx, captions=captions,
         train_idx=train_idx, train_emb=train_emb,
         query_emb=sentence_embeddings(captions_path,

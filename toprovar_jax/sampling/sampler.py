@@ -40,9 +40,10 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents as latents_lib
-from toprovar_jax.sampling import layout
-from toprovar_jax.sampling import plan as plan_lib
-from toprovar_jax.sampling import selection
+from toprovar_jax.sparsity import layout
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
+from toprovar_jax.sparsity import selection
 from toprovar_jax.sampling import strategies
 
 Array = jax.Array
@@ -146,7 +147,7 @@ class Sampler:
 
   def __post_init__(self):
     if self.plan is not None:
-      plan_lib.validate_plan(self.plan, self.model)
+      validation.validate_plan(self.plan, self.model)
 
   @property
   def resolved_plan(self) -> plan_lib.SparsityPlan:

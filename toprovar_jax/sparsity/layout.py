@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Tuple
 
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling.plan import PlanError
-from toprovar_jax.sampling.plan import SparsityPlan
-from toprovar_jax.sampling.plan import validate_plan
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
 
 
 class Run(NamedTuple):
@@ -23,7 +22,7 @@ class Run(NamedTuple):
   letter: str
 
 
-def tokens_written(plan: SparsityPlan, s: int, l: int) -> int:
+def tokens_written(plan: plan_lib.SparsityPlan, s: int, l: int) -> int:
   """K/V entries layer l writes at generated scale s (F: N_s, S: K_s, X: 0)."""
   sp = plan.scales[s]
   letter = sp.layers[l]
@@ -34,7 +33,8 @@ def tokens_written(plan: SparsityPlan, s: int, l: int) -> int:
   return 0
 
 
-def kv_write_offsets(plan: SparsityPlan) -> Tuple[Tuple[int, ...], ...]:
+def kv_write_offsets(plan: plan_lib.SparsityPlan
+                     ) -> Tuple[Tuple[int, ...], ...]:
   """Static cache offset at which each (scale, layer) writes its K/V.
 
   Returns:
@@ -50,7 +50,7 @@ def kv_write_offsets(plan: SparsityPlan) -> Tuple[Tuple[int, ...], ...]:
   return tuple(out)
 
 
-def kv_cache_lengths(plan: SparsityPlan,
+def kv_cache_lengths(plan: plan_lib.SparsityPlan,
                      cfg: Optional[config_lib.TransformerConfig] = None
                      ) -> Tuple[int, ...]:
   """Per-layer KV-cache length: all K/V the layer writes over the run.
@@ -63,13 +63,13 @@ def kv_cache_lengths(plan: SparsityPlan,
     lengths[l] = sum over generated scales of tokens_written(s, l), len L.
   """
   if cfg is not None:
-    validate_plan(plan, cfg)
+    validation.validate_plan(plan, cfg)
   return tuple(
       sum(tokens_written(plan, s, l) for s in range(plan.num_generated))
       for l in range(plan.num_layers))
 
 
-def layer_segments(plan: SparsityPlan) -> Tuple[Tuple[int, int], ...]:
+def layer_segments(plan: plan_lib.SparsityPlan) -> Tuple[Tuple[int, int], ...]:
   """Maximal runs of consecutive layers with identical letter columns.
 
   Layers of one segment do the same thing at every generated scale, so they
@@ -90,7 +90,7 @@ def layer_segments(plan: SparsityPlan) -> Tuple[Tuple[int, int], ...]:
   return tuple(segments)
 
 
-def runs_at_scale(plan: SparsityPlan, s: int, *,
+def runs_at_scale(plan: plan_lib.SparsityPlan, s: int, *,
                   split_at_probe: bool = False) -> Tuple[Run, ...]:
   """The runs of layers to execute at generated scale s.
 
@@ -108,8 +108,9 @@ def runs_at_scale(plan: SparsityPlan, s: int, *,
     Runs (start, stop, letter) covering [0, L) in order.
   """
   if not 0 <= s < plan.num_generated:
-    raise PlanError(f"scale {s} is not generated (0..{plan.num_generated - 1})",
-                    plan=plan.name, scale=s, field="scales")
+    raise plan_lib.PlanError(
+        f"scale {s} is not generated (0..{plan.num_generated - 1})",
+        plan=plan.name, scale=s, field="scales")
   letters = plan.scales[s].layers
   probe = plan.scales[s].probe_layer if split_at_probe else None
   runs = []

@@ -1,15 +1,10 @@
-"""Training of the embedded emoji model (SPEC §8): tokenizer, then transformer.
+"""The data side of training: model pair, dataset split, per-step batches.
 
-  loop          the resumable, time-budgeted loop, optimiser, bf16 export
-  tokenizer     BSQ VAE step (multi-scale straight-through BSQ), PSNR / SSIM
-  transformer   the next-scale transformer step (per-bit loss, BSC)
-  curves        metrics.jsonl -> curves.json / curves.png
-
-The glue of `experiments/train.py` lives here: `get_models` resolves a
-config's variant name to the two static model configs (`_emoji_tiny` is the
-test-only miniature, 32 px and 4 scales, that compiles in seconds on CPU);
-`split`, `caption_features` and `make_batch_fn` turn the emoji dataset and
-the caption features into per-step numpy batches.
+The glue of `experiments/train.py`: `get_models` resolves a config's
+variant name (a row of the one variant table, `models.config`; the
+test-only `_emoji_tiny` is one) to the two static model configs; `split`,
+`caption_features` and `make_batch_fn` turn the emoji dataset and the
+caption features into per-step numpy batches.
 
 Batches are a pure function of the step: indices walk through per-epoch
 permutations drawn from `default_rng((seed, 1, epoch))`, and the augmentation
@@ -29,18 +24,6 @@ import numpy as np
 from toprovar_jax.data import emoji
 from toprovar_jax.models import config as config_lib
 
-# Test-only: stride 4, no encoder res-blocks, 8x8 final grid at 32 px.
-_EMOJI_TINY = (
-    config_lib.TransformerConfig(
-        name="_emoji_tiny", style="infinity", depth=2, width=64, num_heads=2,
-        mlp_hidden=128, schedule=config_lib.square_schedule((1, 2, 4, 8)),
-        latent_dim=8, shared_aln=True, num_level_embeds=15, text_dim=384,
-        text_maxlen=16, rope_grid=(8, 8), text_pool_heads=2),
-    config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1, 1), num_res_blocks=0,
-                         codebook_dim=8),
-)
-
-
 def get_models(variant: str) -> Tuple[config_lib.TransformerConfig,
                                       config_lib.BSQConfig]:
   """(transformer config, BSQ tokenizer config) of a trainable variant.
@@ -49,8 +32,6 @@ def get_models(variant: str) -> Tuple[config_lib.TransformerConfig,
     ValueError: unknown variant, or one without a BSQ tokenizer (only
       Infinity-style models train here).
   """
-  if variant == "_emoji_tiny":
-    return _EMOJI_TINY
   model = config_lib.get_variant(variant)
   tok = config_lib.get_tokenizer(variant)
   if model.style != "infinity" or not isinstance(tok, config_lib.BSQConfig):

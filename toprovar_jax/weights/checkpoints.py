@@ -31,10 +31,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from toprovar_jax.convert import common
+from toprovar_jax.weights import strict
 
 PathLike = Union[str, os.PathLike]
-ConversionError = common.ConversionError
+ConversionError = strict.ConversionError
 
 
 def checkpoint_path(path: PathLike) -> pathlib.Path:
@@ -120,9 +120,9 @@ def restore_params(path: PathLike, abstract: Any, *, context: str = "") -> Any:
   target = checkpoint_path(path)
   on_disk = read_tree_shapes(target)
   what = f"{context}: {target}" if context else str(target)
-  common.check_against(on_disk, abstract, context=what)
-  flat_disk = common.flatten(on_disk)
-  cast = sorted(k for k, want in common.flatten(abstract).items()
+  strict.check_against(on_disk, abstract, context=what)
+  flat_disk = strict.flatten(on_disk)
+  cast = sorted(k for k, want in strict.flatten(abstract).items()
                 if np.dtype(flat_disk[k].dtype) != np.dtype(want.dtype))
   if cast:
     logging.warning("checkpoint %s: %d leaves are cast to the model dtype "

@@ -1,9 +1,8 @@
-"""Shipped weights: npz-shard exports and the embedded assets (SPEC §8).
+"""The npz-shard export format: its one writer and its one reader.
 
-The emoji model's weights ship inside the package, under
-`toprovar_jax/assets/<model>/`, in the export format that training writes
-(`toprovar_jax.training.loop.export_params`, format
-"toprovar-npz-shards-v1"):
+Training exports its parameters in this format, and the emoji model's
+weights ship inside the package in it (`weights.embedded`); format
+"toprovar-npz-shards-v1":
 
   <name>.manifest.json   {"format", "name", "step", "max_bytes", "files",
                           "num_params", "metadata", "leaves": {
@@ -14,53 +13,51 @@ The emoji model's weights ship inside the package, under
                          bfloat16 is stored as its uint16 bit pattern (numpy
                          has no bfloat16).
 
-This is the one reader of the format (training reads its own exports with
-it too); it imports no training code, so that generation never imports
-optax or the training loop. A test round-trips `loop.export_params` through
-it. The files come
-from outside (SPEC §11): the manifest is parsed as JSON data, the npz files
-are opened with `allow_pickle=False`, and a file name in the manifest must
-be a bare name in the export folder.
+Writer and reader live together so that the format has one definition;
+neither imports training code, so generation never imports optax or the
+training loop. The files come from outside (SPEC §11): the manifest is
+parsed as JSON data, the npz files are opened with `allow_pickle=False`, and
+a file name in the manifest must be a bare name in the export folder.
 
+  write_shards    nested dict of arrays -> shards + manifest (atomic files)
   load_shards     folder + name -> (nested dict of numpy arrays, manifest)
   check_shapes    a tree against the model's abstract tree (names bad leaves)
   load_params     both, cast to the model's dtypes
-  embedded_dir    the packaged assets folder of a model
+  export_files    the files of an export (to copy or ship them)
 """
 
 from __future__ import annotations
 
-import importlib.resources
+import io as pyio
 import json
 import os
 import pathlib
 import re
 import zipfile
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+import flax.traverse_util
 import jax
 import ml_dtypes
 import numpy as np
 
-from toprovar_jax.convert import common
+from toprovar_jax import io
+from toprovar_jax.weights import strict
 
 PathLike = Union[str, os.PathLike]
 
 EXPORT_FORMAT = "toprovar-npz-shards-v1"
-# `config.ckpt.*` value that selects the packaged weights of a model.
-EMBEDDED_PREFIX = "embedded:"
-# Export names of the two parts of a model (training's `export_params`).
+# Largest single file (a git-friendly shard; also the shipping limit of one
+# file, `weights.embedded`).
+MAX_FILE_BYTES = 16 * 2**20
+# Room for the .npy headers and zip directory of one shard, per array.
+_NPZ_OVERHEAD_PER_ARRAY = 512
+# Export names of the two parts of a model (training's exports).
 TRANSFORMER = "transformer"
 TOKENIZER = "tokenizer"
-# Issue 4: "shipped weights <= 30 MB in total"; every file the package
-# ships for a model counts (shards, manifests, README). Decimal megabytes.
-MAX_TOTAL_BYTES = 30 * 10**6
-# Largest single file (the limit training's export already keeps).
-MAX_FILE_BYTES = 16 * 2**20
 # A shard is a bare file name in the export folder: nothing can point
 # outside it ("../x.npz", "/etc/x.npz").
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.-]+\.npz$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Storage dtypes a manifest may name (parsed by name, never evaluated).
 _DTYPES = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -83,26 +80,108 @@ def is_export(directory: PathLike, name: str) -> bool:
   return manifest_path(directory, name).is_file()
 
 
-def embedded_dir(model_name: str) -> pathlib.Path:
-  """Folder of the packaged weights of `model_name` (may not exist).
+# --------------------------------------------------------------------------
+# Writing.
+# --------------------------------------------------------------------------
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+  buf = pyio.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
+
+
+def write_shards(directory: PathLike, tree: Any, *, name: str = "params",
+                 step: int = 0, dtype: Any = ml_dtypes.bfloat16,
+                 max_bytes: int = MAX_FILE_BYTES,
+                 metadata: Optional[Mapping[str, Any]] = None
+                 ) -> List[pathlib.Path]:
+  """Writes a nested dict of arrays as npz shards of at most `max_bytes`.
+
+  Floating leaves are cast to `dtype`; bf16 is stored as its uint16 bit
+  pattern (numpy has no bfloat16 and `np.load` would return raw void), and
+  `manifest.json` records the real dtype and shape of every leaf. A leaf too
+  big for one shard is split along its first axis. Shards are
+  `<name>_000.npz`, `<name>_001.npz`, ...; every file is written atomically
+  and the manifest last, so a reader never sees a manifest without its
+  shards. Older shards of the same name that the new manifest does not list
+  are removed.
+
+  Args:
+    directory: output folder (created).
+    tree: nested dict of arrays (jax or numpy), e.g. {"params": ...}.
+    name: file prefix; the manifest is `<name>.manifest.json`.
+    step: training step recorded in the manifest.
+    dtype: storage dtype of floating leaves.
+    max_bytes: largest shard file.
+    metadata: extra JSON-serialisable fields for the manifest.
+
+  Returns:
+    The written paths, shards first, manifest last.
 
   Raises:
-    WeightsError: `model_name` is not a plain name (it could climb out of
-      the assets folder).
+    ValueError: `max_bytes` cannot hold even one row of some leaf.
   """
-  if not _NAME_RE.match(model_name):
-    raise WeightsError(f"{model_name!r} is not an embedded-weights name")
-  root = importlib.resources.files("toprovar_jax").joinpath("assets")
-  return pathlib.Path(str(root)) / model_name
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  flat = flax.traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+  budget = max_bytes - 4096  # zip end-of-directory and slack
+  leaves, pieces = {}, []  # pieces: (leaf key, part index, array)
+  for key in sorted(flat):
+    arr = np.asarray(flat[key])
+    if np.issubdtype(arr.dtype, np.floating):
+      arr = arr.astype(dtype)
+    stored_dtype = np.dtype(arr.dtype)
+    if stored_dtype == np.dtype(ml_dtypes.bfloat16):
+      arr = arr.view(np.uint16)
+    leaves[key] = dict(shape=list(arr.shape), dtype=stored_dtype.name,
+                       parts=[])
+    row_bytes = arr.nbytes // max(arr.shape[0], 1) if arr.ndim else arr.nbytes
+    if arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY <= budget or arr.ndim == 0:
+      pieces.append((key, 0, arr))
+      continue
+    rows = (budget - _NPZ_OVERHEAD_PER_ARRAY) // max(row_bytes, 1)
+    if rows < 1:
+      raise ValueError(f"export: one row of {key!r} ({row_bytes} bytes) does "
+                       f"not fit in max_bytes={max_bytes}")
+    for part, start in enumerate(range(0, arr.shape[0], rows)):
+      pieces.append((key, part, arr[start:start + rows]))
 
+  # First-fit in key order: deterministic, and shards stay near max_bytes.
+  shards: List[Dict[str, np.ndarray]] = [{}]
+  used = [0]
+  for key, part, arr in pieces:
+    cost = arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY
+    if used[-1] + cost > budget and shards[-1]:
+      shards.append({})
+      used.append(0)
+    entry = f"{key}#{part}"
+    shards[-1][entry] = arr
+    used[-1] += cost
+    leaves[key]["parts"].append(
+        dict(file=f"{name}_{len(shards) - 1:03d}.npz", entry=entry,
+             rows=int(arr.shape[0]) if arr.ndim else 0))
 
-def embedded_names() -> Tuple[str, ...]:
-  """Models with packaged weights (folders holding a transformer export)."""
-  root = embedded_dir("_").parent
-  if not root.is_dir():
-    return ()
-  return tuple(sorted(p.name for p in root.iterdir()
-                      if is_export(p, TRANSFORMER)))
+  written = []
+  for i, arrays in enumerate(shards):
+    data = _npz_bytes(arrays)
+    if len(data) > max_bytes:  # the overhead estimate is generous; be sure
+      raise AssertionError(f"export shard {i} is {len(data)} > {max_bytes}")
+    written.append(io.write_bytes_atomic(directory / f"{name}_{i:03d}.npz",
+                                         data))
+  manifest = dict(format=EXPORT_FORMAT, name=name, step=int(step),
+                  max_bytes=int(max_bytes),
+                  files=[p.name for p in written],
+                  num_params=int(sum(np.prod(v["shape"], dtype=np.int64)
+                                     for v in leaves.values())),
+                  metadata=dict(metadata or {}), leaves=leaves)
+  written.append(io.write_json_atomic(directory / f"{name}.manifest.json",
+                                      manifest))
+  keep = set(manifest["files"])
+  for stale in directory.glob(f"{name}_[0-9][0-9][0-9].npz"):
+    if stale.name not in keep:
+      stale.unlink()
+  return written
 
 
 # --------------------------------------------------------------------------
@@ -166,7 +245,7 @@ def _stored_dtype(leaf: Mapping[str, Any]) -> np.dtype:
 
 def load_shards(directory: PathLike, name: str, *,
                 dtype: Any = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """Reads an npz-shard export written by `training.loop.export_params`.
+  """Reads an npz-shard export written by `write_shards`.
 
   Args:
     directory: the export folder.
@@ -272,8 +351,8 @@ def check_shapes(tree: Any, abstract: Any, *, context: str = "") -> None:
     WeightsError: a leaf whose dtype kind cannot become the model's (an
       integer leaf where the model has floats, or the reverse), named.
   """
-  common.check_against(tree, abstract, context=context)
-  got, want = common.flatten(tree), common.flatten(abstract)
+  strict.check_against(tree, abstract, context=context)
+  got, want = strict.flatten(tree), strict.flatten(abstract)
   for key, spec in sorted(want.items()):
     have = np.dtype(got[key].dtype)
     need = np.dtype(spec.dtype)
@@ -325,28 +404,6 @@ def export_files(directory: PathLike, name: str) -> Tuple[pathlib.Path, ...]:
   directory = pathlib.Path(directory)
   return tuple(directory / f for f in shards) + (
       manifest_path(directory, name),)
-
-
-def check_sizes(paths, *, max_total: int = MAX_TOTAL_BYTES,
-                max_file: int = MAX_FILE_BYTES) -> int:
-  """Checks the shipping limits; returns the total size in bytes.
-
-  Raises:
-    FileNotFoundError: a path does not exist (named).
-    WeightsError: a file over `max_file` (named) or a total over
-      `max_total`.
-  """
-  total = 0
-  for path in paths:
-    size = pathlib.Path(path).stat().st_size
-    if size > max_file:
-      raise WeightsError(f"{path}: {size} bytes, over the {max_file}-byte "
-                         "limit of one shipped file")
-    total += size
-  if total > max_total:
-    raise WeightsError(f"{len(paths)} files total {total} bytes, over the "
-                       f"{max_total}-byte limit of shipped weights")
-  return total
 
 
 def step_of(manifest: Optional[Mapping[str, Any]]) -> Optional[int]:

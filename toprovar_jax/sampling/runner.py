@@ -1,0 +1,279 @@
+"""The one generate loop: conditions -> batches -> Sampler.generate -> images.
+
+Every caller that makes images goes through here: `experiments/generate.py`
+(via `run_plans`), the emoji evaluation and the benchmark. A run is a list
+of N conditions (`sampling.conditions.Conditions`); the runner cuts it into
+batches of a static size (the last one padded by repeating its last
+condition, the extra images dropped), so the sampler compiles once; seeds,
+conditions, guidance and τ are traced. Compilation is ahead of time and
+timed apart from the runs.
+
+  generate_images   N conditions -> Output (uint8 images, timings)
+  decode            a Generation's latent -> uint8 images
+  run_plans         generate_images for several plans, same seeds / inputs
+  plan_slug         a plan name made safe for file names
+
+Dimension letters: N samples, B batch, H, W image height and width, P plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toprovar_jax import flops as flops_lib
+from toprovar_jax.models import bsq_vae
+from toprovar_jax.models import vqvae
+from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import sampler as sampler_lib
+
+Array = jax.Array
+
+
+def plan_slug(name: str) -> str:
+  """A plan name made safe for file names ([A-Za-z0-9_.-], no leading dot)."""
+  slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")
+  return slug or "plan"
+
+
+def to_uint8(img: Array) -> Array:
+  """[-1, 1] image -> uint8 as torchvision `save_image`: ⌊255·(x+1)/2+½⌋."""
+  return jnp.clip(jnp.floor((img + 1.0) * 127.5 + 0.5), 0, 255).astype(
+      jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode_uint8(style: str, tokenizer: Any, vae_params, latent: Array):
+  if style == "var":
+    img = vqvae.VQVAE(tokenizer).apply(vae_params, latent,
+                                       method=vqvae.VQVAE.decode)
+  else:
+    img = bsq_vae.BSQVAE(tokenizer).apply(vae_params, latent,
+                                          method=bsq_vae.BSQVAE.decode)
+  return to_uint8(img)
+
+
+def decode(sampler: sampler_lib.Sampler, vae_params, latent: Array) -> Array:
+  """Latent of `Sampler.generate` -> (B, H, W, 3) uint8 RGB images.
+
+  VAR: VQVAE decoder of f̂; Infinity: BSQ decoder of the summed codes. Both
+  decoders clamp to [-1, 1]; (x + 1) / 2 then maps to [0, 255]. Channels are
+  RGB (the official Infinity code flips to BGR for cv2; we do not).
+  """
+  return _decode_uint8(sampler.model.style, sampler.tokenizer, vae_params,
+                       latent)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Output:
+  """Images of one run and how each was made.
+
+  Attributes:
+    images: (N, H, W, 3) uint8 RGB.
+    seeds: per sample, the PRNG seed of its batch (`seed + batch`).
+    batches: per sample, its batch index.
+    rows: per sample, its row in the batch (sampling noise depends on the
+      seed, the batch size and the row).
+    timings: seconds: compile_generate_s, compile_decode_s (lower + XLA
+      compile, once), generate_s (all batches, device-synced), decode_s
+      (all batches, including the copy to the host).
+  """
+  images: np.ndarray
+  seeds: Tuple[int, ...]
+  batches: Tuple[int, ...]
+  rows: Tuple[int, ...]
+  timings: Dict[str, float]
+
+
+def compiler_options() -> Optional[Dict[str, Any]]:
+  """XLA options of the AOT compiles in `generate_images`.
+
+  On CPU a run is compile-bound: one generation of the emoji model compiles
+  for ~35 s at XLA's default optimisation level and runs for ~3-5 s (batch
+  6); level 0 without the expensive LLVM passes compiles ~2.5x faster and
+  runs at most ~1.5x slower, a net win for a one-shot run of a few
+  batches. Other backends keep XLA's defaults (their runs are what is
+  measured). Both plans of a comparison use the same options.
+  """
+  if jax.default_backend() == "cpu":
+    return {"xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True}
+  return None
+
+
+# Compiled decoders by (style, tokenizer, latent and params layout, options):
+# every plan of a comparison decodes the same latent shape, so the decoder
+# compiles once per run, not once per plan.
+_DECODERS: Dict[Any, Any] = {}
+
+
+def _compiled_decoder(sampler: sampler_lib.Sampler, vae_params,
+                      latent_spec: jax.ShapeDtypeStruct,
+                      options: Optional[Dict[str, Any]]):
+  layout = (jax.tree.structure(vae_params),
+            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(vae_params)))
+  key = (sampler.model.style, sampler.tokenizer, latent_spec.shape,
+         str(latent_spec.dtype), layout, tuple(sorted((options or {}).items())))
+  if key not in _DECODERS:
+    _DECODERS[key] = _decode_uint8.lower(
+        sampler.model.style, sampler.tokenizer, vae_params,
+        latent_spec).compile(compiler_options=options)
+  return _DECODERS[key]
+
+
+def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
+                    conditions: conditions_lib.Conditions, *, seed: int, batch_size: int,
+                    cfg_scale: float, tau: float) -> Output:
+  """Generates and decodes `conditions.num_samples` images in batches.
+
+  Every batch has the static `batch_size` (the last one is padded by
+  repeating its last condition; the extra images are dropped), so the
+  sampler compiles once; seeds, conditions, cfg_scale and tau are traced.
+  Compiles use `compiler_options()`; a decoder already compiled for the
+  same shapes in this process is reused (compile_decode_s is then ~0).
+
+  Args:
+    sampler: e.g. from `pipeline.samplers_from_config`.
+    params: transformer params.
+    vae_params: tokenizer variables (`weights.loading.load_or_init`).
+    conditions: `conditions.make_conditions` (or `pipeline.conditions_from_config`).
+    seed: batch j uses `jax.random.key(seed + j)`.
+    batch_size: images per generate call.
+    cfg_scale: guidance scale.
+    tau: Infinity logit temperature (VAR ignores it).
+
+  Returns:
+    Output.
+  """
+  if batch_size < 1:
+    raise ValueError(f"config.sampling.batch_size: must be >= 1, got {batch_size}")
+  if conditions.text_mask is not None:
+    sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
+  n = conditions.num_samples
+  num_batches = -(-n // batch_size)
+  # Row -> sample index; padding rows repeat the last sample.
+  index = np.minimum(np.arange(num_batches * batch_size), n - 1)
+  var = sampler.model.style == "var"
+
+  def inputs(j):
+    rows = index[j * batch_size:(j + 1) * batch_size]
+    if var:
+      cond = dict(labels=jnp.asarray(conditions.labels[rows]))
+    else:
+      cond = dict(text=jnp.asarray(conditions.text[rows]),
+                  text_mask=jnp.asarray(conditions.text_mask[rows]))
+    args = (params, vae_params if var else None,
+            jax.random.key(seed + j), jnp.float32(cfg_scale), jnp.float32(tau))
+    return args, cond
+
+  # AOT compile, timed apart from the runs.
+  options = compiler_options()
+  t0 = time.perf_counter()
+  args, cond = inputs(0)
+  lowered = type(sampler).generate.lower(sampler, *args, **cond)
+  generate = lowered.compile(compiler_options=options)
+  t1 = time.perf_counter()
+  latent_info = lowered.out_info.latent
+  latent_spec = jax.ShapeDtypeStruct(latent_info.shape, latent_info.dtype)
+  dec = _compiled_decoder(sampler, vae_params, latent_spec, options)
+  t2 = time.perf_counter()
+
+  images, gen_s, dec_s = [], 0.0, 0.0
+  for j in range(num_batches):
+    args, cond = inputs(j)
+    ta = time.perf_counter()
+    out = jax.block_until_ready(generate(*args, **cond))
+    tb = time.perf_counter()
+    images.append(np.asarray(dec(vae_params, out.latent)))
+    tc = time.perf_counter()
+    gen_s += tb - ta
+    dec_s += tc - tb
+  images = np.concatenate(images)[:n]
+  samples = range(n)
+  return Output(
+      images=images,
+      seeds=tuple(seed + i // batch_size for i in samples),
+      batches=tuple(i // batch_size for i in samples),
+      rows=tuple(i % batch_size for i in samples),
+      timings=dict(compile_generate_s=t1 - t0, compile_decode_s=t2 - t1,
+                   generate_s=gen_s, decode_s=dec_s))
+
+
+# --------------------------------------------------------------------------
+# Several plans: same seeds and conditions, compared with the first.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PlanRun:
+  """One plan's images and costs.
+
+  Attributes:
+    spec: the config's plan spec ('dense', a name, a JSON path).
+    sampler: the Sampler it ran with.
+    output: its images and timings.
+    flops: analytic transformer FLOPs per image (CFG included,
+      `toprovar_jax.flops.plan_flops`; tokenizer decode excluded).
+    dense_flops: the same for the dense plan of the model.
+  """
+  spec: str
+  sampler: sampler_lib.Sampler
+  output: Output
+  flops: float
+  dense_flops: float
+
+  @property
+  def name(self) -> str:
+    return self.sampler.resolved_plan.name
+
+  @property
+  def slug(self) -> str:
+    return plan_slug(self.name)
+
+
+def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
+              params, vae_params, conditions: conditions_lib.Conditions, *, seed: int,
+              batch_size: int, cfg_scale: float, tau: float,
+              text_tokens: int = 0) -> Tuple[PlanRun, ...]:
+  """`generate_images` for every plan with the same seeds and conditions.
+
+  Plans run one after another (each compiles, then generates), so their
+  timings do not overlap.
+
+  Args:
+    samplers: P samplers (`pipeline.samplers_from_config`; reference first).
+    specs: their P plan specs (`pipeline.plan_specs`).
+    params, vae_params, conditions, seed, batch_size, cfg_scale, tau: as
+      for `generate_images`.
+    text_tokens: T the cross-attention reads (Infinity's static text
+      length), for the FLOP count; 0 = `toprovar_jax.flops`' default.
+
+  Returns:
+    P PlanRuns in the order of `samplers`.
+  """
+  if len(samplers) != len(specs):
+    raise ValueError(f"{len(samplers)} samplers for {len(specs)} specs")
+  kwargs = dict(text_tokens=text_tokens) if text_tokens else {}
+  runs = []
+  for spec, sampler in zip(specs, samplers):
+    name = sampler.resolved_plan.name
+    logging.info("Plan %r (%s): generating %d images", name, spec,
+                 conditions.num_samples)
+    output = generate_images(sampler, params, vae_params, conditions,
+                             seed=seed, batch_size=batch_size,
+                             cfg_scale=cfg_scale, tau=tau)
+    logging.info("Plan %r timings: %s", name, output.timings)
+    runs.append(PlanRun(
+        spec=spec, sampler=sampler, output=output,
+        flops=flops_lib.plan_flops(sampler.resolved_plan, sampler.model,
+                                   **kwargs).total,
+        dense_flops=flops_lib.dense_flops(sampler.model, **kwargs).total))
+  return tuple(runs)
