@@ -4,59 +4,23 @@ Parameter values come from numpy filled into the tiny models' abstract trees
 (`jax.eval_shape`), so these tests never compile an init.
 """
 
-import functools
 import os
-import tempfile
 
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toprovar_jax.models import config as config_lib
+from tests.weights import fake_trees
 from toprovar_jax.weights import checkpoints
-from toprovar_jax.weights import loading
-
-
-def _tempdir(test):
-  """A fresh folder removed after `test` (absl's create_tempdir needs parsed
-  flags, which pytest does not provide)."""
-  d = tempfile.TemporaryDirectory()
-  test.addCleanup(d.cleanup)
-  return d.name
-
-
-@functools.lru_cache(maxsize=None)
-def _abstract(name):
-  """(transformer, tokenizer) ShapeDtypeStruct trees of a tiny model."""
-  return loading.abstract_params(config_lib.get_variant(name),
-                                 config_lib.get_tokenizer(name))
-
-
-def _fill(abstract, seed=0):
-  """Random numpy arrays with the shapes and dtypes of `abstract`."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
-
-
-def _drop(tree, path):
-  """Copy of a nested dict without the leaf at `path` ('a/b/c')."""
-  *parents, leaf = path.split("/")
-  out = jax.tree.map(lambda x: x, tree)
-  node = out
-  for p in parents:
-    node = node[p]
-  del node[leaf]
-  return out
 
 
 class RoundTripTest(absltest.TestCase):
 
   def test_var_tiny_params_round_trip_exactly(self):
-    abstract, _ = _abstract("var_tiny")
-    params = _fill(abstract)
-    path = os.path.join(_tempdir(self), "transformer")
+    abstract, _ = fake_trees.abstract("var_tiny")
+    params = fake_trees.fill(abstract)
+    path = os.path.join(fake_trees.tempdir(self), "transformer")
     checkpoints.save_params(path, params)
     restored = checkpoints.restore_params(path, abstract)
     self.assertEqual(jax.tree.structure(restored), jax.tree.structure(params))
@@ -67,13 +31,13 @@ class RoundTripTest(absltest.TestCase):
 
   def test_restore_casts_to_the_model_dtype(self):
     abstract = {"w": jax.ShapeDtypeStruct((2, 3), jnp.float32)}
-    path = os.path.join(_tempdir(self), "bf16")
+    path = os.path.join(fake_trees.tempdir(self), "bf16")
     checkpoints.save_params(path, {"w": jnp.ones((2, 3), jnp.bfloat16)})
     self.assertEqual(checkpoints.restore_params(path, abstract)["w"].dtype,
                      jnp.float32)
 
   def test_save_refuses_an_existing_checkpoint(self):
-    path = os.path.join(_tempdir(self), "ckpt")
+    path = os.path.join(fake_trees.tempdir(self), "ckpt")
     tree = {"w": np.zeros((2,), np.float32)}
     checkpoints.save_params(path, tree)
     with self.assertRaisesRegex(FileExistsError, "already exists"):
@@ -89,8 +53,8 @@ class StrictRestoreTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.abstract, _ = _abstract("var_tiny")
-    self.root = _tempdir(self)
+    self.abstract, _ = fake_trees.abstract("var_tiny")
+    self.root = fake_trees.tempdir(self)
 
   def _save(self, tree):
     path = os.path.join(self.root, "ckpt")
@@ -98,13 +62,14 @@ class StrictRestoreTest(absltest.TestCase):
     return path
 
   def test_missing_leaf_is_named(self):
-    path = self._save(_drop(_fill(self.abstract), "stem/head/bias"))
+    path = self._save(fake_trees.drop(fake_trees.fill(self.abstract),
+                                      "stem/head/bias"))
     with self.assertRaisesRegex(checkpoints.ConversionError,
                                 r"missing keys \(1\): stem/head/bias"):
       checkpoints.restore_params(path, self.abstract, context="var_tiny")
 
   def test_wrong_shape_is_named_with_both_shapes(self):
-    params = _fill(self.abstract)
+    params = fake_trees.fill(self.abstract)
     head = params["stem"]["head"]["bias"]
     params["stem"]["head"]["bias"] = np.zeros((head.shape[0] + 1,), head.dtype)
     path = self._save(params)
@@ -115,7 +80,7 @@ class StrictRestoreTest(absltest.TestCase):
       checkpoints.restore_params(path, self.abstract)
 
   def test_extra_leaf_is_named(self):
-    params = _fill(self.abstract)
+    params = fake_trees.fill(self.abstract)
     params["stem"]["stray"] = np.zeros((3,), np.float32)
     path = self._save(params)
     with self.assertRaisesRegex(checkpoints.ConversionError,

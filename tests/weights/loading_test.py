@@ -6,9 +6,7 @@ Parameter values come from numpy filled into the tiny models' abstract trees
 (`jax.eval_shape`), so these tests never compile an init.
 """
 
-import functools
 import os
-import tempfile
 
 from absl import logging
 from absl.testing import absltest
@@ -16,6 +14,7 @@ import jax
 import numpy as np
 
 from configs import tiny
+from tests.weights import fake_trees
 from toprovar_jax import pipeline
 from toprovar_jax.convert import bsq_vae as convert_bsq_vae
 from toprovar_jax.convert import vqvae as convert_vqvae
@@ -23,39 +22,6 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.weights import checkpoints
 from toprovar_jax.weights import loading
 from toprovar_jax.weights import strict
-
-
-def _tempdir(test):
-  """A fresh folder removed after `test` (absl's create_tempdir needs parsed
-  flags, which pytest does not provide)."""
-  d = tempfile.TemporaryDirectory()
-  test.addCleanup(d.cleanup)
-  return d.name
-
-
-@functools.lru_cache(maxsize=None)
-def _abstract(name):
-  """(transformer, tokenizer) ShapeDtypeStruct trees of a tiny model."""
-  return loading.abstract_params(config_lib.get_variant(name),
-                                 config_lib.get_tokenizer(name))
-
-
-def _fill(abstract, seed=0):
-  """Random numpy arrays with the shapes and dtypes of `abstract`."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
-
-
-def _drop(tree, path):
-  """Copy of a nested dict without the leaf at `path` ('a/b/c')."""
-  *parents, leaf = path.split("/")
-  out = jax.tree.map(lambda x: x, tree)
-  node = out
-  for p in parents:
-    node = node[p]
-  del node[leaf]
-  return out
 
 
 class LayoutTest(absltest.TestCase):
@@ -68,7 +34,7 @@ class LayoutTest(absltest.TestCase):
             config_lib.get_tokenizer("var_tiny"))),
         ("infinity_tiny", {"params": convert_bsq_vae.abstract_params(
             config_lib.get_tokenizer("infinity_tiny"))})):
-      _, got = _abstract(name)
+      _, got = fake_trees.abstract(name)
       strict.check_against(got, expected, context=name)
       self.assertEqual(jax.tree.map(lambda x: x.dtype, got),
                        jax.tree.map(lambda x: x.dtype, expected))
@@ -77,9 +43,10 @@ class LayoutTest(absltest.TestCase):
 class LoadOrInitTest(absltest.TestCase):
 
   def test_configured_checkpoints_are_loaded_and_named(self):
-    root = _tempdir(self)
-    abstract_tf, abstract_tok = _abstract("infinity_tiny")
-    params, vae = _fill(abstract_tf, 1), _fill(abstract_tok, 2)
+    root = fake_trees.tempdir(self)
+    abstract_tf, abstract_tok = fake_trees.abstract("infinity_tiny")
+    params = fake_trees.fill(abstract_tf, 1)
+    vae = fake_trees.fill(abstract_tok, 2)
     checkpoints.save_params(os.path.join(root, "transformer"), params)
     checkpoints.save_params(os.path.join(root, "tokenizer"), vae)
     config = tiny.get_config(f"model=infinity_tiny,ckpt_dir={root}")
@@ -94,10 +61,11 @@ class LoadOrInitTest(absltest.TestCase):
       np.testing.assert_array_equal(np.asarray(got), want)
 
   def test_a_bad_checkpoint_fails_naming_the_config_field(self):
-    root = _tempdir(self)
-    abstract_tf, _ = _abstract("var_tiny")
-    checkpoints.save_params(os.path.join(root, "transformer"),
-                            _drop(_fill(abstract_tf), "stem/pos_start"))
+    root = fake_trees.tempdir(self)
+    abstract_tf, _ = fake_trees.abstract("var_tiny")
+    checkpoints.save_params(
+        os.path.join(root, "transformer"),
+        fake_trees.drop(fake_trees.fill(abstract_tf), "stem/pos_start"))
     config = tiny.get_config(f"ckpt_dir={root}")
     with self.assertRaisesRegex(checkpoints.ConversionError,
                                 r"config.ckpt.transformer(.|\n)*pos_start"):
@@ -118,7 +86,7 @@ class RandomInitTest(absltest.TestCase):
     self.assertEqual((source.transformer, source.tokenizer),
                      (loading.RANDOM_INIT, loading.RANDOM_INIT))
     self.assertTrue(source.random_init)
-    abstract_tf, abstract_tok = _abstract("var_tiny")
+    abstract_tf, abstract_tok = fake_trees.abstract("var_tiny")
     strict.check_against(params, abstract_tf)
     strict.check_against(vae, abstract_tok)
 
