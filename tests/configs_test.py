@@ -175,10 +175,10 @@ class TinyConfigTest(parameterized.TestCase):
 
   def test_unroll_tokens_reaches_the_sampler(self):
     config = _get_config("tiny")
-    self.assertEqual(pipeline.sampler_from_config(config).sampling
+    self.assertEqual(pipeline.sampler_from_config(config).execution
                      .unroll_tokens, 0)
     config.sampling.unroll_tokens = 64
-    self.assertEqual(pipeline.sampler_from_config(config).sampling
+    self.assertEqual(pipeline.sampler_from_config(config).execution
                      .unroll_tokens, 64)
 
   def test_bad_plan_passes_plan_error_through(self):

@@ -116,7 +116,11 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
   _validate_sampling(config, model)
   sampling = sampler_lib.SamplingConfig(
       top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
-      attn_impl=config.sampling.attn_impl, dtype=config.model.dtype,
+      dtype=config.model.dtype)
+  # The config's sampling group also holds the execution settings a launch
+  # may choose (the rest keep ExecutionConfig's defaults).
+  execution = sampler_lib.ExecutionConfig(
+      attn_impl=config.sampling.attn_impl,
       unroll_tokens=int(config.sampling.unroll_tokens))
   specs = plan_specs(config)
   plans = [named.load_plan(specs[0], model)]
@@ -134,7 +138,7 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
             "collide")
   return tuple(sampler_lib.Sampler(
       model=model, tokenizer=config_lib.get_tokenizer(model.name),
-      sampling=sampling, plan=plan) for plan in plans)
+      sampling=sampling, execution=execution, plan=plan) for plan in plans)
 
 
 def sampler_from_config(config) -> sampler_lib.Sampler:

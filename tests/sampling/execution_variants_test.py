@@ -70,12 +70,23 @@ def _micro_var():
   return cfg, tok, params, vparams, dict(labels=labels)
 
 
+_EXECUTION_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(sampler_lib.ExecutionConfig))
+
+
+def _sampler(cfg, tok, plan, **kw):
+  """A Sampler; `kw` are SamplingConfig and ExecutionConfig fields."""
+  execution = {k: v for k, v in kw.items() if k in _EXECUTION_FIELDS}
+  rules = {k: v for k, v in kw.items() if k not in _EXECUTION_FIELDS}
+  return sampler_lib.Sampler(
+      model=cfg, tokenizer=tok, plan=plan,
+      sampling=sampler_lib.SamplingConfig(**rules),
+      execution=sampler_lib.ExecutionConfig(**execution))
+
+
 def _generate(setup, plan=None, **sampling):
   cfg, tok, params, vparams, cond = setup
-  smp = sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(top_k=1, return_logits=True,
-                                          **sampling))
+  smp = _sampler(cfg, tok, plan, top_k=1, return_logits=True, **sampling)
   g = 3.0 if cfg.style == "infinity" else 1.5
   return smp.generate(params, vparams, jax.random.key(0), jnp.float32(g),
                       jnp.float32(1.0), **cond)
@@ -84,9 +95,7 @@ def _generate(setup, plan=None, **sampling):
 def _num_layer_loops(setup, plan=None, **sampling):
   """While loops in the lowered generation program (the layer scans)."""
   cfg, tok, params, vparams, cond = setup
-  smp = sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(top_k=1, **sampling))
+  smp = _sampler(cfg, tok, plan, top_k=1, **sampling)
   text = type(smp).generate.lower(
       smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
       jnp.float32(1.0), **cond).as_text()
@@ -258,9 +267,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     lowered = {}
     for loop in ("scan", "while"):
       c, tok, params, vparams, cond = setup
-      smp = sampler_lib.Sampler(
-          model=c, tokenizer=tok, plan=plan,
-          sampling=sampler_lib.SamplingConfig(top_k=1, layer_loop=loop, **kw))
+      smp = _sampler(c, tok, plan, top_k=1, layer_loop=loop, **kw)
       lowered[loop] = type(smp).generate.lower(
           smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
           jnp.float32(1.0), **cond).as_text()
@@ -303,15 +310,15 @@ class ExecutionVariantsTest(parameterized.TestCase):
 
   def test_unknown_layer_loop_raises(self):
     with self.assertRaisesRegex(ValueError, "layer_loop"):
-      sampler_lib.SamplingConfig(layer_loop="fori")
+      sampler_lib.ExecutionConfig(layer_loop="fori")
 
   def test_negative_unroll_tokens_raises(self):
     with self.assertRaisesRegex(ValueError, "unroll_tokens"):
-      sampler_lib.SamplingConfig(unroll_tokens=-1)
+      sampler_lib.ExecutionConfig(unroll_tokens=-1)
 
   def test_unknown_kv_read_raises(self):
     with self.assertRaisesRegex(ValueError, "kv_read"):
-      sampler_lib.SamplingConfig(kv_read="concat")
+      sampler_lib.ExecutionConfig(kv_read="concat")
 
 
 if __name__ == "__main__":
