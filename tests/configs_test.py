@@ -13,7 +13,6 @@ from configs import common
 from toprovar_jax import pipeline
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import plan as plan_lib
-from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.text import features
 
@@ -186,32 +185,6 @@ class TinyConfigTest(parameterized.TestCase):
     config.sparsity.plan = "infinity_2b_paper"
     with self.assertRaisesRegex(plan_lib.PlanError, "num_layers"):
       pipeline.sampler_from_config(config)
-
-  def test_long_prompt_is_truncated_with_a_warning(self):
-    model = config_lib.get_variant("infinity_tiny")
-    with self.assertLogs(level="WARNING") as logs:
-      cond = conditions_lib.make_conditions(
-          model, prompts=("one two three four five six",), text_len=4)
-    self.assertIn("truncated", "".join(logs.output))
-    self.assertEqual(cond.text_lengths, (4,))
-    self.assertEqual(cond.truncated, (True,))
-    self.assertTrue(cond.text_mask.all())
-
-  def test_placeholder_features_are_a_function_of_the_prompt(self):
-    a = features.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    b = features.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    c = features.placeholder_text_features("a dog", text_dim=64, text_len=8)
-    np.testing.assert_array_equal(a, b)
-    self.assertEqual(a.shape, (3, 64))  # "a", "cat", end of sequence
-    self.assertFalse(np.allclose(a, c))
-    long = features.placeholder_text_features(" ".join(["w"] * 300),
-                                              text_dim=64, text_len=512)
-    self.assertAlmostEqual(float(long.std()), 0.3, delta=0.01)
-
-  def test_num_samples_cycles_conditions(self):
-    model = config_lib.get_variant("var_tiny")
-    cond = conditions_lib.make_conditions(model, labels=(1, 2), num_samples=5)
-    np.testing.assert_array_equal(cond.labels, [1, 2, 1, 2, 1])
 
 
 if __name__ == "__main__":

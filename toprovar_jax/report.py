@@ -104,7 +104,9 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
   images = ref.output.images
   samples = []
   for i, name in enumerate(files[0]):
-    sample = dict(file=name, seed=ref.output.seeds[i],
+    # Sample i's noise is image_keys(seed, [i]) (sampling.runner), wherever
+    # it ran (batch, row).
+    sample = dict(file=name, seed=ref.output.seed, index=i,
                   batch=ref.output.batches[i], row=ref.output.rows[i])
     if conditions.labels is not None:
       sample["label"] = int(conditions.labels[i])
@@ -139,7 +141,7 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
       image_shape=list(images.shape[1:]),
       num_samples=conditions.num_samples, batch_size=s.batch_size,
       cfg_scale=s.cfg_scale, tau=s.tau, top_k=s.top_k, top_p=s.top_p,
-      seeds=sorted(set(ref.output.seeds)),
+      seeds=[ref.output.seed],
       labels=([int(x) for x in conditions.labels]
               if conditions.labels is not None else None),
       prompts=list(conditions.prompts) or None,

@@ -36,6 +36,7 @@ from toprovar_jax.models import transformer
 from toprovar_jax.models import vqvae
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import validation
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 
 _B = 2
@@ -88,8 +89,8 @@ def _generate(setup, plan=None, **sampling):
   cfg, tok, params, vparams, cond = setup
   smp = _sampler(cfg, tok, plan, top_k=1, return_logits=True, **sampling)
   g = 3.0 if cfg.style == "infinity" else 1.5
-  return smp.generate(params, vparams, jax.random.key(0), jnp.float32(g),
-                      jnp.float32(1.0), **cond)
+  return smp.generate(params, vparams, runner.image_keys(0, range(_B)),
+                      jnp.float32(g), jnp.float32(1.0), **cond)
 
 
 def _num_layer_loops(setup, plan=None, **sampling):
@@ -97,7 +98,7 @@ def _num_layer_loops(setup, plan=None, **sampling):
   cfg, tok, params, vparams, cond = setup
   smp = _sampler(cfg, tok, plan, top_k=1, **sampling)
   text = type(smp).generate.lower(
-      smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
+      smp, params, vparams, runner.image_keys(0, range(_B)), jnp.float32(1.0),
       jnp.float32(1.0), **cond).as_text()
   return text.count("stablehlo.while")
 
@@ -269,8 +270,8 @@ class ExecutionVariantsTest(parameterized.TestCase):
       c, tok, params, vparams, cond = setup
       smp = _sampler(c, tok, plan, top_k=1, layer_loop=loop, **kw)
       lowered[loop] = type(smp).generate.lower(
-          smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
-          jnp.float32(1.0), **cond).as_text()
+          smp, params, vparams, runner.image_keys(0, range(_B)),
+          jnp.float32(1.0), jnp.float32(1.0), **cond).as_text()
     self.assertNotEqual(lowered["scan"], lowered["while"])
     # ... with the same numbers.
     ref = _generate(setup, plan, **kw)

@@ -11,6 +11,7 @@ Both time lowering and XLA compilation apart (`lower_and_compile`).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict
 
 import jax
@@ -18,21 +19,33 @@ import jax.numpy as jnp
 
 from toprovar_jax.bench import latency
 from toprovar_jax.models import transformer
+from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import plan as plan_lib
 
 
 def compile_plan(cfg, tok, params, vparams, cond, setup: latency.BenchSetup,
-                 plan: plan_lib.SparsityPlan, **sampling) -> Dict[str, Any]:
+                 plan: plan_lib.SparsityPlan, *,
+                 execution: sampler_lib.ExecutionConfig) -> Dict[str, Any]:
   """Lowers and compiles one plan's generation program, timing both.
 
-  params / vparams / cond may be ShapeDtypeStructs (`init_model(abstract=
-  True)`): nothing runs. `sampling` are SamplingConfig fields.
+  params / vparams may be ShapeDtypeStructs (`latency.init_model(abstract=
+  True)`): nothing runs. cond: `latency.conditioning`.
   """
-  smp = latency.sampler(cfg, tok, setup, plan, **sampling)
-  _, _, lower_s, compile_s = latency.lower_and_compile(
-      smp._generate, *latency.generate_args(cfg, params, vparams, cond))
+  smp = latency.make_sampler(cfg, tok, setup, plan, execution)
+  compiled, _, _ = latency.compile_program(smp, params, vparams, cond)
   return {"plan": plan.name, "backend": jax.default_backend(),
-          "lower_s": lower_s, "compile_s": compile_s, **sampling}
+          "lower_s": compiled.lower_s, "compile_s": compiled.compile_s,
+          "execution": latency.execution_fields(execution)}
+
+
+def _lower_and_compile(fn, *args):
+  """(lowered, compiled, lower seconds, compile seconds) of jit(fn)(*args);
+  args may be ShapeDtypeStructs."""
+  t0 = time.perf_counter()
+  lowered = jax.jit(fn).lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  return lowered, compiled, t1 - t0, time.perf_counter() - t1
 
 
 def compile_block_chain(cfg, layers: int, *, programs: int = 1,
@@ -43,7 +56,7 @@ def compile_block_chain(cfg, layers: int, *, programs: int = 1,
 
   The blocks (each with its own abstract weights, nothing allocated) run in
   sequence on (rows, tokens, C) with `text_len` text tokens, no KV prefix:
-  what `SamplingConfig.unroll_tokens` puts into the generation program for
+  what `ExecutionConfig.unroll_tokens` puts into the generation program for
   one scale. `programs` > 1 splits the chain into that many separately
   lowered and compiled programs (the compile cost of per-scale programs);
   program i runs tokens + i tokens per row, so no two are the same program
@@ -82,7 +95,7 @@ def compile_block_chain(cfg, layers: int, *, programs: int = 1,
   lower_s = compile_s = 0.0
   dots = 0
   for i in range(programs):
-    lowered, _, lo, co = latency.lower_and_compile(chain, [p] * per,
+    lowered, _, lo, co = _lower_and_compile(chain, [p] * per,
                                             x_at(tokens + i), ada, ctx)
     lower_s += lo
     compile_s += co

@@ -1,9 +1,18 @@
-"""Latency / memory / compile-time measurement of sparsity plans (library).
+"""Latency of a plan's generation program (GPU benchmark, library side).
 
 Random weights (latency does not depend on values; no checkpoint can be
 downloaded here), bf16 transformer blocks with an fp32 stem, CFG batch, the
-whole scale loop as one jitted program. Timing: median of `runs` calls after a
-warm-up call, each closed by `block_until_ready` (device-synchronised).
+whole scale loop as one jitted program, built and compiled by the generate
+runner (`sampling.runner.batch_inputs` / `compile_generate`, the public
+`Sampler.generate`). Timing: median of `runs` calls after a warm-up call,
+each closed by `block_until_ready` (device-synchronised).
+
+What runs is named by plain settings: a plan (`resolve_plan`: 'dense',
+'fastvar', a named plan, a JSON path or a SkipVAR action
+'skipvar_skipK[_uncondS]', optionally with its entropy scorer swapped for
+another) and an `ExecutionConfig` (`execution_grid` builds every
+combination of listed values). `result_key` spells a row as
+"plan key=value ..." with the settings that differ from the defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any, Dict, List, Optional
+import itertools
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +31,40 @@ from toprovar_jax import flops as flops_lib
 from toprovar_jax.bench import profile
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
-from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.sparsity import baselines
+from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
+
+
+# The benchmark's guidance: the official defaults (Infinity 3, VAR 1.5), τ 0.5.
+_CFG_SCALE = {"infinity": 3.0, "var": 1.5}
+_TAU = 0.5
+_EXECUTION_FIELDS = tuple(
+    f.name for f in dataclasses.fields(sampler_lib.ExecutionConfig))
+_DEFAULT_EXECUTION = sampler_lib.ExecutionConfig()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BenchSetup:
+  """The model and sampling rules of a benchmark (the same for every row).
+
+  Attributes:
+    variant: model variant.
+    batch: images per call (CFG doubles the rows).
+    text_len: static padded text length (Infinity).
+    text_tokens: real tokens per prompt (the rest is padding).
+    dtype: compute dtype of the transformer blocks and the tokenizer.
+    top_k, top_p: sampling rules (the official Infinity defaults).
+  """
   variant: str
   batch: int = 1
   text_len: int = 512
   text_tokens: int = 30
   dtype: str = "bfloat16"
-  attn_impl: str = "cudnn"
   top_k: int = 900
   top_p: float = 0.97
 
@@ -71,16 +103,112 @@ def init_model(setup: BenchSetup, seed: int = 0, abstract: bool = False):
   return cfg, tok, params, vparams, model
 
 
-def conditioning(cfg, setup: BenchSetup, seed: int = 1) -> Dict[str, Any]:
-  key = jax.random.key(seed)
+def conditioning(cfg, setup: BenchSetup,
+                 seed: int = 1) -> conditions_lib.Conditions:
+  """Random labels (VAR) or random text features with `text_tokens` real
+  tokens per row (Infinity), one per image of the batch (host numpy)."""
+  rng = np.random.default_rng(seed)
   if cfg.style == "var":
-    return dict(labels=jax.random.randint(key, (setup.batch,), 0,
-                                          cfg.num_classes))
-  text = jax.random.normal(key, (setup.batch, setup.text_len,
-                                 cfg.text_dim)) * 0.3
-  mask = jnp.arange(setup.text_len)[None] < setup.text_tokens
-  return dict(text=text, text_mask=jnp.broadcast_to(
-      mask, (setup.batch, setup.text_len)))
+    return conditions_lib.Conditions(labels=rng.integers(
+        0, cfg.num_classes, (setup.batch,)).astype(np.int32))
+  text = rng.normal(0.0, 0.3, (setup.batch, setup.text_len,
+                               cfg.text_dim)).astype(np.float32)
+  mask = np.broadcast_to(np.arange(setup.text_len)[None] < setup.text_tokens,
+                         (setup.batch, setup.text_len))
+  return conditions_lib.Conditions(text=text, text_mask=np.array(mask))
+
+
+def resolve_plan(name: str, cfg, *, scorer: str = "") -> plan_lib.SparsityPlan:
+  """The validated plan a benchmark names.
+
+  Args:
+    name: 'dense', 'fastvar', a named plan, a JSON path
+      (`sparsity.named.load_plan`) or a SkipVAR action
+      'skipvar_skipK[_uncondS]' (`baselines.skipvar_action_plan`).
+    cfg: the model.
+    scorer: '' keeps the plan; else every scale scored by 'entropy' is
+      scored by this scorer instead and loses its probe (e.g. 'frequency':
+      the free FastVAR scorer, for the "entropy costs <= 3 %" check); the
+      plan is renamed 'NAME~SCORER'.
+
+  Raises:
+    PlanError: an unknown or invalid plan (named).
+  """
+  plan = baselines.skipvar_action_plan(name, cfg) or named.load_plan(name, cfg)
+  if not scorer:
+    return plan
+  scales = tuple(dataclasses.replace(s, scorer=scorer, probe_layer=None)
+                 if s.scorer == "entropy" else s for s in plan.scales)
+  return validation.validate_plan(
+      dataclasses.replace(plan, name=f"{plan.name}~{scorer}", scales=scales),
+      cfg)
+
+
+def _parse(field: str, value: str):
+  if field == "entropy_impl":
+    return None if value in ("", "none", "None") else value
+  if field in ("unroll_tokens", "layer_unroll"):
+    try:
+      return int(value)
+    except ValueError:
+      raise ValueError(f"--{field}: {value!r} is not an integer") from None
+  return value
+
+
+def execution_grid(values: Mapping[str, Sequence[str]]
+                   ) -> Tuple[sampler_lib.ExecutionConfig, ...]:
+  """Every combination of the listed execution settings.
+
+  Args:
+    values: ExecutionConfig field -> its values as strings (a field left
+      out keeps its default; entropy_impl '' or 'none' is None).
+
+  Returns:
+    The ExecutionConfigs of the product, in the order of the fields and of
+    the values.
+
+  Raises:
+    ValueError: an unknown field or a bad value (named).
+  """
+  for field in values:
+    if field not in _EXECUTION_FIELDS:
+      raise ValueError(f"unknown execution setting {field!r}; known: "
+                       f"{list(_EXECUTION_FIELDS)}")
+  lists = [[_parse(f, v) for v in values[f]] if f in values and values[f]
+           else [getattr(_DEFAULT_EXECUTION, f)] for f in _EXECUTION_FIELDS]
+  return tuple(sampler_lib.ExecutionConfig(**dict(zip(_EXECUTION_FIELDS, c)))
+               for c in itertools.product(*lists))
+
+
+def make_sampler(cfg, tok, setup: BenchSetup, plan: plan_lib.SparsityPlan,
+                 execution: sampler_lib.ExecutionConfig
+                 ) -> sampler_lib.Sampler:
+  return sampler_lib.Sampler(
+      model=cfg, tokenizer=tok, plan=plan, execution=execution,
+      sampling=sampler_lib.SamplingConfig(top_k=setup.top_k,
+                                          top_p=setup.top_p,
+                                          dtype=setup.dtype))
+
+
+def compile_program(smp: sampler_lib.Sampler, params, vparams,
+                    cond: conditions_lib.Conditions, *, seed: int = 0):
+  """(compiled program, its call arguments) of one batch, through the
+  runner: images 0..B-1 of `seed`, the benchmark's guidance. XLA's default
+  compiler options (what is timed is the program XLA makes by default)."""
+  keys, arrays = runner.batch_inputs(smp, cond, range(cond.num_samples),
+                                     seed=seed)
+  vae = vparams if smp.model.style == "var" else None
+  compiled = runner.compile_generate(smp, params, vae, keys, arrays,
+                                     options=None)
+  args = (params, vae, keys, jnp.float32(_CFG_SCALE[smp.model.style]),
+          jnp.float32(_TAU))
+  return compiled, args, arrays
+
+
+def execution_fields(execution: sampler_lib.ExecutionConfig
+                     ) -> Dict[str, Any]:
+  """The row fields of an execution config (all of them, JSON-ready)."""
+  return dataclasses.asdict(execution)
 
 
 def _time(fn, runs: int) -> List[float]:
@@ -92,31 +220,28 @@ def _time(fn, runs: int) -> List[float]:
   return out
 
 
-def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
-               plan: plan_lib.SparsityPlan, *, runs: int = 7,
-               entropy_impl: Optional[str] = None, layer_unroll: int = 1,
-               kv_read: str = "slice", unroll_tokens: int = 0,
-               layer_loop: str = "scan",
+def bench_plan(cfg, tok, params, vparams, vae_model,
+               cond: conditions_lib.Conditions, setup: BenchSetup,
+               plan: plan_lib.SparsityPlan, *,
+               execution: sampler_lib.ExecutionConfig, runs: int = 7,
                profile_dir: Optional[str] = None,
                hlo_path: Optional[str] = None) -> Dict[str, Any]:
-  """Times one plan: transformer only, and transformer + decode.
+  """Times one plan with one execution config: transformer only, and
+  transformer + decode.
 
   With `hlo_path`, also writes the optimised HLO of the generation program
   there, gzip-compressed (to read what XLA made of a scale's layer loop).
   """
-  smp = sampler(cfg, tok, setup, plan, entropy_impl=entropy_impl,
-                 layer_unroll=layer_unroll, kv_read=kv_read,
-                 unroll_tokens=unroll_tokens, layer_loop=layer_loop)
-  args = generate_args(cfg, params, vparams, cond)
-
-  _, compiled, lower_s, compile_s = lower_and_compile(smp._generate, *args)
-  compile_s += lower_s  # what a user waits for before the first call
-  hlo_text = compiled.as_text() if hlo_path or profile_dir else None
+  smp = make_sampler(cfg, tok, setup, plan, execution)
+  compiled, args, arrays = compile_program(smp, params, vparams, cond)
+  # What a user waits for before the first call: lowering and compiling.
+  compile_s = compiled.lower_s + compiled.compile_s
+  hlo_text = compiled.fn.as_text() if hlo_path or profile_dir else None
   if hlo_path:
-    import gzip
+    import gzip  # pylint: disable=g-import-not-at-top
     with gzip.open(hlo_path, "wt") as f:
       f.write(hlo_text)
-  run = lambda: compiled(*args)
+  run = lambda: compiled.fn(*args, **arrays)
   decode = jax.jit(lambda vp, z: vae_model.apply(vp, z.astype(
       jnp.dtype(setup.dtype)), method=type(vae_model).decode))
   out = run()
@@ -131,11 +256,7 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   return {
       "profile": prof,
       "plan": plan.name,
-      "entropy_impl": entropy_impl,
-      "layer_unroll": layer_unroll,
-      "kv_read": kv_read,
-      "unroll_tokens": unroll_tokens,
-      "layer_loop": layer_loop,
+      "execution": execution_fields(execution),
       "compile_s": compile_s,
       "transformer_s": statistics.median(times),
       "transformer_runs_s": times,
@@ -147,45 +268,18 @@ def bench_plan(cfg, tok, params, vparams, vae_model, cond, setup: BenchSetup,
   }
 
 
-def generate_args(cfg, params, vparams, cond):
-  """Positional arguments of `Sampler._generate` for a benchmark call: seed
-  0, the official guidance (Infinity 3, VAR 1.5) and τ 0.5, no forcing."""
-  g = jnp.float32(3.0 if cfg.style == "infinity" else 1.5)
-  return (params, vparams if cfg.style == "var" else None, jax.random.key(0),
-          g, jnp.float32(0.5), cond.get("labels"), cond.get("text"),
-          cond.get("text_mask"), None)
-
-
-def sampler(cfg, tok, setup: BenchSetup, plan, **sampling):
-  return sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(
-          top_k=setup.top_k, top_p=setup.top_p, dtype=setup.dtype,
-          attn_impl=setup.attn_impl, **sampling))
-
-
 def result_key(r: Dict[str, Any]) -> str:
-  """'plan@entropy_impl#uN', plus '%kv_read' when not the default "slice"
-  and '^N' when runs are unrolled (the spelling `experiments/benchmark.py
-  --plans` takes)."""
-  key = f"{r['plan']}@{r['entropy_impl']}#u{r['layer_unroll']}"
-  kv_read = r.get("kv_read", "slice")
-  key = key if kv_read == "slice" else f"{key}%{kv_read}"
-  key = f"{key}^{r['unroll_tokens']}" if r.get("unroll_tokens") else key
-  return f"{key}+while" if r.get("layer_loop") == "while" else key
+  """'PLAN' plus ' FIELD=VALUE' for every execution setting of the row that
+  is not the ExecutionConfig default, e.g. 'dense kv_read=buffer
+  unroll_tokens=1024' (the flags `experiments/benchmark.py` takes)."""
+  default = execution_fields(_DEFAULT_EXECUTION)
+  ex = r.get("execution", {})
+  diff = [f"{k}={ex[k]}" for k in _EXECUTION_FIELDS
+          if k in ex and ex[k] != default[k]]
+  return " ".join([r["plan"], *diff])
 
 
 def peak_memory_gib() -> Optional[float]:
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else peak / 2**30
-
-
-def lower_and_compile(fn, *args):
-  """(lowered, compiled, lower seconds, compile seconds) of jit(fn)(*args);
-  args may be ShapeDtypeStructs."""
-  t0 = time.perf_counter()
-  lowered = jax.jit(fn).lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  return lowered, compiled, t1 - t0, time.perf_counter() - t1

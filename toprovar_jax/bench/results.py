@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 
+import toprovar_jax
 from toprovar_jax.bench import latency
 
-_PACKAGE = pathlib.Path(__file__).resolve().parent.parent
+_PACKAGE = pathlib.Path(toprovar_jax.__file__).resolve().parent
 
 
 def source_digest(extra_dirs: Sequence[pathlib.Path] = ()) -> str:
@@ -31,7 +32,7 @@ def source_digest(extra_dirs: Sequence[pathlib.Path] = ()) -> str:
     python -c "import pathlib; from toprovar_jax.bench import results; \
 print(results.source_digest([pathlib.Path('experiments')]))"
   """
-  files = [(str(p.relative_to(_PACKAGE.parent)), p)
+  files = [(f"toprovar_jax/{p.relative_to(_PACKAGE)}", p)
            for p in _PACKAGE.glob("**/*.py")]
   for folder in extra_dirs:
     folder = pathlib.Path(folder).resolve()

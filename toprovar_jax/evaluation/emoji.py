@@ -61,11 +61,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toprovar_jax.data import augment
 from toprovar_jax.data import emoji
 from toprovar_jax.metrics import emoji_scores
 from toprovar_jax.metrics import figures
 from toprovar_jax.metrics import lpips
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.training import data as training_data
@@ -89,7 +91,7 @@ class EvalConfig:
     num_heldout_captions: held-out captions evaluated; 0 = all.
     samples_per_caption: R, samples of every caption.
     must_include: training captions always chosen first (when present).
-    seed: generation batch j uses fold_in(key(seed), j).
+    seed: sample i uses fold_in(key(seed), i) (`runner.image_keys`).
     batch_size: images per generation call (the last one padded). On a
       shared 2-core CPU, 16-32 ran at ~0.8-0.9 s an image, 64 at ~1.2.
     cfg_scale, tau, top_k, top_p: sampling (`configs/common.py`
@@ -160,7 +162,7 @@ def _export_folder(path: str, name: str) -> pathlib.Path:
     if (folder / f"{name}.manifest.json").exists():
       return folder
   raise FileNotFoundError(f"{path}: no {name}.manifest.json here or in "
-                          f"{loop.EXPORT_DIR}/ (a `loop.export_params` "
+                          f"{loop.EXPORT_DIR}/ (a `weights.shards` export "
                           "folder is expected)")
 
 
@@ -268,41 +270,19 @@ def generate(models: Models, text: np.ndarray, text_mask: np.ndarray, *,
 
   Returns:
     (images (B, S, S, 3) uint8, timings in seconds: compile_generate_s,
-    generate_s, decode_s).
+    compile_decode_s, generate_s, decode_s). Row i is drawn with the key
+    `runner.image_keys(config.seed, [i])`, as `experiments/generate.py`
+    draws its image i.
   """
-  sampler = make_sampler(models, config)
   text, text_mask = _fit_text(text, text_mask, models.model.text_maxlen)
-  n, bs = len(text), config.batch_size
-  num_batches = -(-n // bs)
-  rows = np.minimum(np.arange(num_batches * bs), n - 1)  # pad: repeat last
-  key = jax.random.key(config.seed)
-  scalars = (jnp.float32(config.cfg_scale), jnp.float32(config.tau))
-
-  def args(j):
-    r = rows[j * bs:(j + 1) * bs]
-    cond = dict(text=jnp.asarray(text[r]), text_mask=jnp.asarray(text_mask[r]))
-    return (models.params, None, jax.random.fold_in(key, j)) + scalars, cond
-
-  sampler_lib.check_text_mask(np.asarray(text_mask))
-  t0 = time.perf_counter()
-  a, kw = args(0)
-  compiled = type(sampler).generate.lower(sampler, *a, **kw).compile()
-  timings = dict(compile_generate_s=time.perf_counter() - t0,
-                 generate_s=0.0, decode_s=0.0)
-  images = []
-  for j in range(num_batches):
-    a, kw = args(j)
-    ta = time.perf_counter()
-    latent = jax.block_until_ready(compiled(*a, **kw).latent)
-    tb = time.perf_counter()
-    images.append(np.asarray(runner.decode(sampler, models.vae_params,
-                                           latent)))
-    tc = time.perf_counter()
-    timings["generate_s"] += tb - ta
-    timings["decode_s"] += tc - tb
-    logging.info("generated batch %d/%d (%d images): %.1f s + decode %.1f s",
-                 j + 1, num_batches, bs, tb - ta, tc - tb)
-  return np.concatenate(images)[:n], timings
+  # XLA's default optimisation (not the runner's CPU default): hundreds of
+  # images make the run, not the compile, the cost.
+  out = runner.generate_images(
+      make_sampler(models, config), models.params, models.vae_params,
+      conditions_lib.Conditions(text=text, text_mask=text_mask),
+      seed=config.seed, batch_size=config.batch_size,
+      cfg_scale=config.cfg_scale, tau=config.tau, options=None)
+  return out.images, out.timings
 
 
 def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
@@ -325,7 +305,7 @@ def evaluate(models: Models, dataset: emoji.EmojiDataset, captions_path: str,
                      f"{models.model.name} makes {size} px")
   captions = [str(c) for c in dataset.captions]
   train, held = training_data.split(dataset)
-  refs = emoji.composite(dataset.images)  # (N, S, S, 3) on white
+  refs = augment.composite(dataset.images)  # (N, S, S, 3) on white
   timings: Dict[str, float] = {}
 
   # 1. Tokenizer reconstructions of the held-out emoji.

@@ -50,7 +50,9 @@ class Conditions:
 
   @property
   def num_samples(self) -> int:
-    return len(self.labels) if self.labels is not None else len(self.prompts)
+    if self.labels is not None:
+      return len(self.labels)
+    return len(self.text) if self.text is not None else len(self.prompts)
 
 
 def _cycle(items: Sequence[Any], num_samples: int) -> list:

@@ -8,10 +8,17 @@ condition, the extra images dropped), so the sampler compiles once; seeds,
 conditions, guidance and τ are traced. Compilation is ahead of time and
 timed apart from the runs.
 
+  image_keys        the seeding rule: image j gets fold_in(key(seed), j)
+  batch_inputs      one batch's row keys and condition arrays
+  compile_generate  `Sampler.generate` lowered and compiled ahead of time
   generate_images   N conditions -> Output (uint8 images, timings)
   decode            a Generation's latent -> uint8 images
   run_plans         generate_images for several plans, same seeds / inputs
   plan_slug         a plan name made safe for file names
+
+Because every image has its own key (`Sampler.generate` draws each row from
+its own key only), an image is the same whatever the batch size, the other
+images of its batch or (later) the device it runs on.
 
 Dimension letters: N samples, B batch, H, W image height and width, P plans.
 """
@@ -72,29 +79,41 @@ def decode(sampler: sampler_lib.Sampler, vae_params, latent: Array) -> Array:
                        latent)
 
 
+def image_keys(seed: int, indices: Sequence[int]) -> Array:
+  """(len(indices),) typed PRNG keys: image j gets fold_in(key(seed), j).
+
+  j is the image's index in the run's list of samples (prompt x sample,
+  padding rows of the last batch included), so an image's noise depends on
+  the seed and its index only, never on the batch size. `jax.random.key`
+  holds the same threefry bits as the legacy `jax.random.PRNGKey(seed)`.
+  """
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+      jax.random.key(seed), jnp.asarray(indices, jnp.uint32))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Output:
   """Images of one run and how each was made.
 
   Attributes:
     images: (N, H, W, 3) uint8 RGB.
-    seeds: per sample, the PRNG seed of its batch (`seed + batch`).
+    seed: the run's seed; sample i was drawn with `image_keys(seed, [i])`.
     batches: per sample, its batch index.
-    rows: per sample, its row in the batch (sampling noise depends on the
-      seed, the batch size and the row).
+    rows: per sample, its row in the batch (where it ran; its noise does
+      not depend on it).
     timings: seconds: compile_generate_s, compile_decode_s (lower + XLA
       compile, once), generate_s (all batches, device-synced), decode_s
       (all batches, including the copy to the host).
   """
   images: np.ndarray
-  seeds: Tuple[int, ...]
+  seed: int
   batches: Tuple[int, ...]
   rows: Tuple[int, ...]
   timings: Dict[str, float]
 
 
 def compiler_options() -> Optional[Dict[str, Any]]:
-  """XLA options of the AOT compiles in `generate_images`.
+  """The default XLA options of the AOT compiles in `generate_images`.
 
   On CPU a run is compile-bound: one generation of the emoji model compiles
   for ~35 s at XLA's default optimisation level and runs for ~3-5 s (batch
@@ -129,82 +148,145 @@ def _compiled_decoder(sampler: sampler_lib.Sampler, vae_params,
   return _DECODERS[key]
 
 
+def batch_inputs(sampler: sampler_lib.Sampler,
+                 conditions: conditions_lib.Conditions,
+                 slots: Sequence[int], *, seed: int
+                 ) -> Tuple[Array, Dict[str, Array]]:
+  """(row keys, condition arrays) of one batch.
+
+  Args:
+    sampler: the sampler (its style picks labels or text).
+    conditions: the run's N conditions.
+    slots: the batch's image indices; slots >= N repeat the last condition
+      (padding) but keep their own keys.
+    seed: the run's seed.
+
+  Returns:
+    ((B,) keys `image_keys(seed, slots)`, dict of labels (B,) or text
+    (B, T, Ct) and text_mask (B, T)), device arrays.
+  """
+  rows = np.minimum(np.asarray(slots), conditions.num_samples - 1)
+  if sampler.model.style == "var":
+    cond = dict(labels=jnp.asarray(conditions.labels[rows]))
+  else:
+    cond = dict(text=jnp.asarray(conditions.text[rows]),
+                text_mask=jnp.asarray(conditions.text_mask[rows]))
+  return image_keys(seed, slots), cond
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CompiledGenerate:
+  """`Sampler.generate` compiled ahead of time for one batch layout.
+
+  Call it as `fn(params, vae_params, keys, cfg_scale, tau, **cond)`.
+  """
+  fn: Any
+  lowered: Any
+  lower_s: float
+  compile_s: float
+
+
+def compile_generate(sampler: sampler_lib.Sampler, params, vae_params,
+                     keys, cond: Dict[str, Any], *,
+                     options: Optional[Dict[str, Any]]) -> CompiledGenerate:
+  """Lowers and compiles `Sampler.generate` for these argument shapes.
+
+  Any argument may be a `jax.ShapeDtypeStruct` (nothing runs: compile-time
+  studies on abstract weights). `options`: XLA compiler options (None =
+  XLA's defaults; `compiler_options()` is the CPU-friendly choice).
+  """
+  t0 = time.perf_counter()
+  lowered = type(sampler).generate.lower(
+      sampler, params, vae_params, keys, jnp.float32(0), jnp.float32(0),
+      **cond)
+  t1 = time.perf_counter()
+  fn = lowered.compile(compiler_options=options)
+  return CompiledGenerate(fn=fn, lowered=lowered, lower_s=t1 - t0,
+                          compile_s=time.perf_counter() - t1)
+
+
+_CPU_DEFAULT = object()
+
+
 def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
-                    conditions: conditions_lib.Conditions, *, seed: int, batch_size: int,
-                    cfg_scale: float, tau: float) -> Output:
+                    conditions: conditions_lib.Conditions, *, seed: int,
+                    batch_size: int, cfg_scale: float, tau: float,
+                    options: Any = _CPU_DEFAULT) -> Output:
   """Generates and decodes `conditions.num_samples` images in batches.
 
-  Every batch has the static `batch_size` (the last one is padded by
-  repeating its last condition; the extra images are dropped), so the
-  sampler compiles once; seeds, conditions, cfg_scale and tau are traced.
-  Compiles use `compiler_options()`; a decoder already compiled for the
-  same shapes in this process is reused (compile_decode_s is then ~0).
+  The one generate loop of the package. Every batch has the static
+  `batch_size` (the last one is padded by repeating its last condition; the
+  extra images are dropped), so the sampler compiles once; seeds,
+  conditions, cfg_scale and tau are traced. Image j of the run is drawn
+  with the key `image_keys(seed, [j])`, whatever the batch size. A decoder
+  already compiled for the same shapes in this process is reused
+  (compile_decode_s is then ~0).
 
   Args:
     sampler: e.g. from `pipeline.samplers_from_config`.
     params: transformer params.
     vae_params: tokenizer variables (`weights.loading.load_or_init`).
-    conditions: `conditions.make_conditions` (or `pipeline.conditions_from_config`).
-    seed: batch j uses `jax.random.key(seed + j)`.
+    conditions: `conditions.make_conditions` (or
+      `pipeline.conditions_from_config`).
+    seed: the run's seed.
     batch_size: images per generate call.
     cfg_scale: guidance scale.
     tau: Infinity logit temperature (VAR ignores it).
+    options: XLA compiler options of both compiles; default
+      `compiler_options()` (CPU: fast compiles), None = XLA's defaults.
 
   Returns:
     Output.
+
+  Raises:
+    ValueError: batch_size < 1 (names config.sampling.batch_size), or a
+      text mask that is not a prefix mask.
   """
   if batch_size < 1:
-    raise ValueError(f"config.sampling.batch_size: must be >= 1, got {batch_size}")
+    raise ValueError(f"config.sampling.batch_size: must be >= 1, got "
+                     f"{batch_size}")
+  if options is _CPU_DEFAULT:
+    options = compiler_options()
   if conditions.text_mask is not None:
     sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
   num_batches = -(-n // batch_size)
-  # Row -> sample index; padding rows repeat the last sample.
-  index = np.minimum(np.arange(num_batches * batch_size), n - 1)
-  var = sampler.model.style == "var"
-
-  def inputs(j):
-    rows = index[j * batch_size:(j + 1) * batch_size]
-    if var:
-      cond = dict(labels=jnp.asarray(conditions.labels[rows]))
-    else:
-      cond = dict(text=jnp.asarray(conditions.text[rows]),
-                  text_mask=jnp.asarray(conditions.text_mask[rows]))
-    args = (params, vae_params if var else None,
-            jax.random.key(seed + j), jnp.float32(cfg_scale), jnp.float32(tau))
-    return args, cond
+  slots = lambda j: range(j * batch_size, (j + 1) * batch_size)
+  guidance = (jnp.float32(cfg_scale), jnp.float32(tau))
 
   # AOT compile, timed apart from the runs.
-  options = compiler_options()
-  t0 = time.perf_counter()
-  args, cond = inputs(0)
-  lowered = type(sampler).generate.lower(sampler, *args, **cond)
-  generate = lowered.compile(compiler_options=options)
+  keys, cond = batch_inputs(sampler, conditions, slots(0), seed=seed)
+  vae_arg = vae_params if sampler.model.style == "var" else None
+  compiled = compile_generate(sampler, params, vae_arg, keys, cond,
+                              options=options)
   t1 = time.perf_counter()
-  latent_info = lowered.out_info.latent
+  latent_info = compiled.lowered.out_info.latent
   latent_spec = jax.ShapeDtypeStruct(latent_info.shape, latent_info.dtype)
   dec = _compiled_decoder(sampler, vae_params, latent_spec, options)
   t2 = time.perf_counter()
 
   images, gen_s, dec_s = [], 0.0, 0.0
   for j in range(num_batches):
-    args, cond = inputs(j)
+    keys, cond = batch_inputs(sampler, conditions, slots(j), seed=seed)
     ta = time.perf_counter()
-    out = jax.block_until_ready(generate(*args, **cond))
+    out = jax.block_until_ready(
+        compiled.fn(params, vae_arg, keys, *guidance, **cond))
     tb = time.perf_counter()
     images.append(np.asarray(dec(vae_params, out.latent)))
     tc = time.perf_counter()
     gen_s += tb - ta
     dec_s += tc - tb
+    logging.info("batch %d/%d (%d images): generate %.2f s, decode %.2f s",
+                 j + 1, num_batches, batch_size, tb - ta, tc - tb)
   images = np.concatenate(images)[:n]
   samples = range(n)
   return Output(
-      images=images,
-      seeds=tuple(seed + i // batch_size for i in samples),
+      images=images, seed=seed,
       batches=tuple(i // batch_size for i in samples),
       rows=tuple(i % batch_size for i in samples),
-      timings=dict(compile_generate_s=t1 - t0, compile_decode_s=t2 - t1,
-                   generate_s=gen_s, decode_s=dec_s))
+      timings=dict(compile_generate_s=compiled.lower_s + compiled.compile_s,
+                   compile_decode_s=t2 - t1, generate_s=gen_s,
+                   decode_s=dec_s))
 
 
 # --------------------------------------------------------------------------
@@ -240,8 +322,8 @@ class PlanRun:
 
 
 def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
-              params, vae_params, conditions: conditions_lib.Conditions, *, seed: int,
-              batch_size: int, cfg_scale: float, tau: float,
+              params, vae_params, conditions: conditions_lib.Conditions, *,
+              seed: int, batch_size: int, cfg_scale: float, tau: float,
               text_tokens: int = 0) -> Tuple[PlanRun, ...]:
   """`generate_images` for every plan with the same seeds and conditions.
 

@@ -27,7 +27,11 @@ Design (SPEC §2, STYLE.md §8.2, §18):
     the model config, tokenizer config, sampling rules, execution settings
     and the sparsity plan are static (`Sampler` is a frozen, hashable
     dataclass passed as `self`).
-  * Per-scale randomness: `fold_in(rng, si)`.
+  * Randomness per row: `rng` holds one typed PRNG key per row (B,) and
+    row b draws scale si from `fold_in(rng[b], si)` alone (vmapped over
+    rows, `strategies.sample_rows`), so an image depends only on its own
+    key: never on the batch size, the other rows or the device it runs on.
+    `sampling.runner` gives image j of a run the key `fold_in(key(seed), j)`.
 
 Static configuration comes in two groups: `SamplingConfig`, what is computed
 (top-k / top-p, dtype, what is returned), and `ExecutionConfig`, how the same
@@ -242,7 +246,8 @@ class Sampler:
       params: transformer params ({"stem", "blocks"}).
       vae_params: tokenizer variables (VAR needs its codebook and φ convs;
         unused for Infinity, pass None).
-      rng: PRNG key.
+      rng: (B,) typed PRNG keys (`jax.random.key`), one per row; row b
+        samples scale s with fold_in(rng[b], s).
       cfg_scale: () guidance scale (traced).
       tau: () Infinity logit temperature (traced; ignored by VAR).
       labels: (B,) int class labels (VAR).
@@ -266,6 +271,7 @@ class Sampler:
     program = _Program(self, params)
     st = self.init_state(program, params, labels=labels, text=text,
                          text_mask=text_mask)
+    check_row_keys(rng, st.batch)
     for _ in range(program.num_gen):
       st = self.step(program, params, vae_params, st, rng=rng,
                      cfg_scale=cfg_scale, tau=tau, forced=forced)
@@ -433,16 +439,16 @@ class Sampler:
       guided_logits = (strategies.guide_var(logits, cfg_scale, si,
                                             cfg.num_scales)
                        if st.guided else logits)
-      choice = strategies.sample(jax.random.fold_in(rng, si), guided_logits,
-                                 top_k=self.sampling.top_k,
-                                 top_p=self.sampling.top_p)
+      choice = strategies.sample_rows(strategies.scale_keys(rng, si),
+                                      guided_logits, top_k=self.sampling.top_k,
+                                      top_p=self.sampling.top_p)
     else:
       guided_logits = (strategies.guide_infinity(logits, cfg_scale, tau)
                        if st.guided else logits / tau)
       pairs = guided_logits.reshape(b, n, cfg.latent_dim, 2)
-      choice = strategies.sample(jax.random.fold_in(rng, si), pairs,
-                                 top_k=min(self.sampling.top_k, 2),
-                                 top_p=self.sampling.top_p)
+      choice = strategies.sample_rows(strategies.scale_keys(rng, si), pairs,
+                                      top_k=min(self.sampling.top_k, 2),
+                                      top_p=self.sampling.top_p)
     if forced is not None:
       choice = forced[:, a_tok:e_tok].astype(jnp.int32)
     logits_so_far = st.logits
@@ -458,6 +464,16 @@ class Sampler:
         x = jnp.concatenate([x, x], axis=0)
     return st.replace(x=x, latent=latent, tokens=st.tokens + (choice,),
                       logits=logits_so_far, scale=si + 1)
+
+
+def check_row_keys(rng, batch: int) -> None:
+  """Raises ValueError unless `rng` is (batch,) typed PRNG keys (works on
+  tracers: shapes and dtypes are static)."""
+  if (not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+      or tuple(rng.shape) != (batch,)):
+    raise ValueError(
+        f"rng must be ({batch},) typed PRNG keys (jax.random.key), one per "
+        f"row of the batch; got {rng.dtype} {tuple(rng.shape)}")
 
 
 def check_text_mask(text_mask: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from toprovar_jax.data import augment as augment_lib
 from toprovar_jax.data import emoji
 from toprovar_jax.models import config as config_lib
 
@@ -106,7 +107,8 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
                   seed: int, workers: int = 1,
                   text: Optional[np.ndarray] = None,
                   text_mask: Optional[np.ndarray] = None,
-                  augment_config: emoji.AugmentConfig = emoji.AugmentConfig()
+                  augment_config: augment_lib.AugmentConfig = (
+                      augment_lib.AugmentConfig())
                   ) -> Callable[[int], Dict[str, np.ndarray]]:
   """step -> batch of augmented emoji (and their caption features).
 
@@ -121,11 +123,11 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
       140 ms, pickling). The result does not depend on it.
     text, text_mask: (N, T, Ct) and (N, T) caption features, row-aligned
       with `rgba` (transformer stage), or None.
-    augment_config: the augmentation ranges (`emoji.AugmentConfig`).
+    augment_config: the augmentation ranges (`augment_lib.AugmentConfig`).
 
   Returns:
     fn(step) -> {"images": (B, S, S, 3) uint8} plus "text" / "text_mask";
-    images are `emoji.augment` outputs before normalisation (the device
+    images are `augment_lib.augment` outputs before normalisation (the device
     maps them to [-1, 1]: a quarter of the host-to-device bytes).
   """
   n = len(rgba)
@@ -137,7 +139,7 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
     return np.random.default_rng((seed, 1, epoch)).permutation(n)
 
   def augment(idx, aug, i, j):
-    return emoji.apply_augment(rgba[idx[i:j]], emoji.AugmentParams(
+    return augment_lib.apply_augment(rgba[idx[i:j]], augment_lib.AugmentParams(
         background=aug.background[i:j], scale=aug.scale[i:j],
         shift=aug.shift[i:j]))
 
@@ -145,7 +147,7 @@ def make_batch_fn(rgba: np.ndarray, *, batch_size: int, image_size: int,
     pos = step * batch_size + np.arange(batch_size)
     idx = np.concatenate([permutation(e)[pos[pos // n == e] % n]
                           for e in np.unique(pos // n)])
-    aug = emoji.sample_augment_params(
+    aug = augment_lib.sample_augment_params(
         np.random.default_rng((seed, 0, step)), batch_size=batch_size,
         image_size=image_size, config=augment_config)
     cuts = np.linspace(0, batch_size, workers + 1).astype(int)

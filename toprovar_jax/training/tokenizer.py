@@ -337,7 +337,7 @@ def evaluate(params, images: np.ndarray, *, tok_cfg: config_lib.BSQConfig,
 
   Args:
     params: BSQ VAE params (inner dict).
-    images: (N, S, S, 3) uint8, e.g. `emoji.composite` of held-out RGBA.
+    images: (N, S, S, 3) uint8, e.g. `augment.composite` of held-out RGBA.
     tok_cfg: tokenizer config.
     schedule: the generation schedule (static).
     batch_size: images per jitted call (the last batch is padded, so one
