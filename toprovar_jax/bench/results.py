@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import pathlib
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 
@@ -73,6 +73,20 @@ def add_speedups(rows: List[Dict[str, Any]]) -> None:
     if ref is not None:
       r["measured_speedup"] = ref["transformer_s"] / r["transformer_s"]
       r["speedup_reference"] = latency.result_key(ref)
+
+
+def record(meta: Dict[str, Any], rows: List[Dict[str, Any]],
+           errors: Dict[str, str], *, compile_only: bool
+           ) -> Tuple[Dict[str, Any], str]:
+  """(results.json dict, benchmarks.md text) of a run's rows so far; a
+  timed run's rows get their speedups (`add_speedups`)."""
+  if compile_only:
+    result = dict(meta, compile_only=rows, errors=errors)
+    return result, compile_markdown(result)
+  add_speedups(rows)
+  result = dict(meta, peak_memory_gib=latency.peak_memory_gib(), plans=rows,
+                errors=errors)
+  return result, markdown(result)
 
 
 def _gib(x: Optional[float]) -> str:
