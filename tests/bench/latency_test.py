@@ -19,6 +19,9 @@ class ResolvePlanTest(absltest.TestCase):
     self.assertEqual(plan.name, "infinity_2b_paper~frequency")
     self.assertEqual({s.scorer for s in plan.scales}, {"none", "frequency"})
     self.assertEqual(latency.resolve_plan("dense", cfg).name, "dense")
+    # Nothing to swap in dense: the same plan, the same name.
+    self.assertEqual(latency.resolve_plan("dense", cfg, scorer="frequency"),
+                     latency.resolve_plan("dense", cfg))
 
   def test_skipvar_action(self):
     cfg = config_lib.get_variant("var_d30")

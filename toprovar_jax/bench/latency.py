@@ -139,14 +139,15 @@ def resolve_plan(name: str, cfg, *, scorer: str = "") -> plan_lib.SparsityPlan:
     scorer: '' keeps the plan; else every scale scored by 'entropy' is
       scored by this scorer instead and loses its probe (e.g. 'frequency':
       the free FastVAR scorer, for the "entropy costs <= 3 %" check); the
-      plan is renamed 'NAME~SCORER'.
+      plan is renamed 'NAME~SCORER' (a plan without entropy scales is
+      returned as it is).
 
   Raises:
     PlanError: an unknown or invalid plan (named).
   """
   plan = baselines.skipvar_action_plan(name, cfg) or named.load_plan(name, cfg)
-  if not scorer:
-    return plan
+  if not scorer or all(s.scorer != "entropy" for s in plan.scales):
+    return plan  # e.g. dense: nothing to swap, the name stays
   scales = tuple(dataclasses.replace(s, scorer=scorer, probe_layer=None)
                  if s.scorer == "entropy" else s for s in plan.scales)
   return validation.validate_plan(

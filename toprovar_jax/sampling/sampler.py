@@ -268,7 +268,7 @@ class Sampler:
   def _generate(self, params, vae_params, rng, cfg_scale, tau, labels, text,
                 text_mask, forced) -> Generation:
     """`generate` before jit: init_state, step per generated scale, finish."""
-    program = _Program(self, params)
+    program = self.program(params)
     st = self.init_state(program, params, labels=labels, text=text,
                          text_mask=text_mask)
     check_row_keys(rng, st.batch)
@@ -276,6 +276,11 @@ class Sampler:
       st = self.step(program, params, vae_params, st, rng=rng,
                      cfg_scale=cfg_scale, tau=tau, forced=forced)
     return self.finish(st)
+
+  def program(self, params) -> _Program:
+    """The trace-time pieces `init_state` and `step` share (modules, the
+    plan's cache layout, RoPE tables); build one per traced program."""
+    return _Program(self, params)
 
   def init_state(self, program: _Program, params, *,
                  labels: Optional[Array] = None, text: Optional[Array] = None,
