@@ -5,7 +5,8 @@ ship inside the package (`toprovar_jax/assets/emoji/`, read as
 `ckpt.* = "embedded:emoji"`) twice, with the same seeds: once dense and once
 with the hand-written plan `emoji_default` (shipped as
 `toprovar_jax/sparsity/plans/emoji_default.json`; see the README there).
-Text features are real all-MiniLM-L6-v2 token features. Runs on a CPU with no network in about a minute.
+Text features are real all-MiniLM-L6-v2 token features. Runs on a CPU with
+no network in about a minute.
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   plan=dense          the reference plan: first grid row, PSNR baseline.

@@ -87,7 +87,8 @@ class EmojiConfigTest(absltest.TestCase):
       emoji_config.get_config("samples=0")
 
   def test_default_plan(self):
-    # toprovar_jax/sparsity/plans/README.md, emoji_default: dense to 6x6, then layers 2-7
+    # toprovar_jax/sparsity/plans/README.md, emoji_default: dense to 6x6,
+    # then layers 2-7
     # keep half the tokens and restore the rest from the 6x6 branches.
     plan = named.load_plan("emoji_default", _EMOJI)
     self.assertEqual(plan.name, "emoji_default")

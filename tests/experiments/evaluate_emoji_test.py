@@ -3,8 +3,8 @@
 Everything it reads is made here in a temp folder, so the test runs from a
 clean clone: a 10-emoji, 32 px dataset (3 held out), MiniLM-shaped caption
 features, and exports of freshly initialised `_emoji_tiny` models written by
-`weights.shards.write_shards` (the format of the shipped weights). Random weights
-make meaningless images; the test checks what the run measures and writes,
+`weights.shards.write_shards` (the format of the shipped weights). Random
+weights make meaningless images; the test checks what the run measures and writes,
 not how good the images are.
 
 The main runs in a subprocess: absl flags of several experiments/*.py mains

@@ -35,8 +35,9 @@ statistics are float32 in flax regardless).
 
 Evaluation (`evaluate`): held-out emoji composited on white -> encode with the
 generation schedule -> decode (clamped, rounded to uint8 as saved images
-are) -> PSNR and SSIM (`metrics.image`: Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, as
-Wang et al. 2004 and tf.image.ssim, 'valid' windows), in [0, 1] units.
+are) -> PSNR and SSIM (`metrics.image`: Gaussian 11x11, sigma 1.5, K1 0.01,
+K2 0.03, as Wang et al. 2004 and tf.image.ssim, 'valid' windows), in [0, 1]
+units.
 
 Dimension letters: B batch, H x W latent grid, s stride, d code bits, S
 scales.

@@ -61,10 +61,10 @@ def check_sizes(paths, *, max_total: int = MAX_TOTAL_BYTES,
   for path in paths:
     size = pathlib.Path(path).stat().st_size
     if size > max_file:
-      raise shards.WeightsError(f"{path}: {size} bytes, over the {max_file}-byte "
-                         "limit of one shipped file")
+      raise shards.WeightsError(f"{path}: {size} bytes, over the "
+                                f"{max_file}-byte limit of one shipped file")
     total += size
   if total > max_total:
-    raise shards.WeightsError(f"{len(paths)} files total {total} bytes, over the "
-                       f"{max_total}-byte limit of shipped weights")
+    raise shards.WeightsError(f"{len(paths)} files total {total} bytes, over "
+                              f"the {max_total}-byte limit of shipped weights")
   return total
