@@ -172,7 +172,7 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   # Infinity-2B at 256: dense 0.291 -> 0.277 s, compile 25 -> 78 s; paper
   # plan 0.159 -> 0.138 s, compile 46 -> 99 s).
   config.sampling.unroll_tokens = 0
-  # KV-cache reads (SamplingConfig.kv_read, same numbers): 'slice' copies a
+  # KV-cache reads (ExecutionConfig.kv_read, same numbers): 'slice' copies a
   # layer's cache prefix every scale, 'buffer' attends over the whole cache
   # with a valid length (no copy; the emoji model's main job on 2 CPU cores:
   # 44 % less CPU time to generate, BENCHMARKS.md).
@@ -185,7 +185,8 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.prompts = tuple(prompts)
 
   config.sparsity = ml_collections.ConfigDict()
-  # 'dense' | 'fastvar' | named plan under configs/plans/ | plan JSON path.
+  # 'dense' | 'fastvar' | a plan shipped under toprovar_jax/sparsity/plans/ |
+  # a plan JSON path.
   config.sparsity.plan = plan
 
   config.ckpt = ml_collections.ConfigDict()

@@ -3,17 +3,18 @@ r"""The embedded emoji model (SPEC §8) as the project's main job.
 Six common emoji captions, one image each, generated with the weights that
 ship inside the package (`toprovar_jax/assets/emoji/`, read as
 `ckpt.* = "embedded:emoji"`) twice, with the same seeds: once dense and once
-with the hand-written plan `configs/plans/emoji_default.json` (see
-configs/plans/README.md). Text features are real all-MiniLM-L6-v2 token
-features. Runs on a 2-core CPU with no network in under two minutes
-(README: measured figures).
+with the hand-written plan `emoji_default` (shipped as
+`toprovar_jax/sparsity/plans/emoji_default.json`; see the README there).
+Text features are real all-MiniLM-L6-v2 token features. Runs on a 2-core CPU
+with no network in under two minutes (README: measured figures).
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   plan=dense          the reference plan: first grid row, PSNR baseline.
   compare=emoji_default  plans to run beside it, '+'-separated ('' = none);
-                      each a plan spec ('dense', a named plan under
-                      configs/plans/, a JSON path; 'fastvar' is defined
-                      only for Infinity's 13-scale schedule).
+                      each a plan spec ('dense', a named plan shipped
+                      under toprovar_jax/sparsity/plans/, a JSON path;
+                      'fastvar' is defined only for Infinity's 13-scale
+                      schedule).
   samples=1           images per caption.
   batch_size=0        images per generate call; 0 = all in one batch.
   ckpt_dir=''         '' = the embedded weights; else a folder holding

@@ -54,7 +54,7 @@ def get_config(arg=None):
   with config.unlocked():
     # Which model trains in this workdir: 'tokenizer' or 'transformer'.
     config.stage = arg.stage
-    if tiny:  # test-only variant of toprovar_jax.training.get_models
+    if tiny:  # test-only variant (toprovar_jax.models.config VARIANTS)
       config.model.variant = "_emoji_tiny"
     # Transformer self-attention in training: 'xla' | 'cudnn' | 'pallas'.
     config.model.attn_impl = "xla"
@@ -76,7 +76,7 @@ def get_config(arg=None):
         # 12 of the GPU machine's 16 cores. Results do not depend on it.
         workers=2 if tiny else 12)
 
-    # data.emoji.AugmentConfig. The tokenizer sees mostly random background
+    # data.augment.AugmentConfig. The tokenizer sees mostly random background
     # colours (it must reconstruct any colour); the transformer sees white,
     # the evaluation background: a caption says nothing about a background,
     # so random colours would only add an unconditioned mode to the samples.

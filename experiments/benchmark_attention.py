@@ -5,7 +5,7 @@ r"""Times attention with and without entropy at a model's probe shapes.
 
 Writes `--out`/results.json (one row per shape: seconds and the entropy
 overhead of each route over plain attention; see
-`toprovar_jax/attention_bench.py`) and prints it.
+`toprovar_jax/bench/attention.py`) and prints it.
 """
 
 import json
@@ -16,8 +16,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from toprovar_jax import attention_bench
 from toprovar_jax import io
+from toprovar_jax.bench import attention as attention_bench
 from toprovar_jax.models import config as config_lib
 
 _VARIANT = flags.DEFINE_string("variant", "infinity_2b", "Model variant.")

@@ -23,6 +23,7 @@ from absl import logging
 import numpy as np
 
 from toprovar_jax import io
+from toprovar_jax.data import augment
 from toprovar_jax.data import emoji as emoji_data
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
@@ -54,8 +55,8 @@ def main(argv):
   # Evenly spaced over the code-point order, so every category shows.
   shown = np.linspace(0, len(dataset.captions) - 1, 100).astype(int)
   io.save_image_grid(workdir / "preview.png",
-                     emoji_data.composite(dataset.images[shown]), 10)
-  io.save_image_grid(workdir / "preview_augmented.png", emoji_data.augment(
+                     augment.composite(dataset.images[shown]), 10)
+  io.save_image_grid(workdir / "preview_augmented.png", augment.augment(
       np.random.default_rng(0), dataset.images[shown],
       image_size=_IMAGE_SIZE.value), 10)
 

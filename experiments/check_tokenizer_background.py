@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import io
-from toprovar_jax import training
+from toprovar_jax.data import augment
 from toprovar_jax.data import emoji
 from toprovar_jax.metrics import background
 from toprovar_jax.models import bsq_vae
+from toprovar_jax.training import data as training
 from toprovar_jax.training import tokenizer
 
 _VARIANT = flags.DEFINE_string("variant", "emoji", "Model variant.")
@@ -74,7 +75,7 @@ def main(argv):
         jnp.uint8)
 
   def measure(images, how):
-    out = np.concatenate([np.asarray(run(emoji.composite(images[i:i + 32]),
+    out = np.concatenate([np.asarray(run(augment.composite(images[i:i + 32]),
                                          how))
                           for i in range(0, len(images), 32)])
     return background.background_deviation(out, images)

@@ -13,14 +13,16 @@ and benchmarks.md into --out.
 import datetime
 import json
 import os
+import pathlib
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 
-from toprovar_jax import benchmarking
 from toprovar_jax import io
+from toprovar_jax.bench import compile_time
+from toprovar_jax.bench import results
 from toprovar_jax.models import config as config_lib
 
 _VARIANT = flags.DEFINE_string("variant", "infinity_2b", "Model variant.")
@@ -45,7 +47,7 @@ def main(argv):
   rows = []
   for n in layers:
     for programs in sorted({1, n // _SPLIT.value} if _SPLIT.value else {1}):
-      r = benchmarking.compile_block_chain(cfg, n, programs=programs,
+      r = compile_time.compile_block_chain(cfg, n, programs=programs,
                                            tokens=_TOKENS.value,
                                            attn_impl=_ATTN.value)
       logging.info("%s", r)
@@ -56,13 +58,14 @@ def main(argv):
             "jax": jax.__version__, "attn_impl": _ATTN.value,
             "tokens": _TOKENS.value,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "source_digest": benchmarking.source_digest(), "rows": rows}
+            "source_digest": results.source_digest(
+                [pathlib.Path(__file__).parent]), "rows": rows}
   io.write_json_atomic(os.path.join(_OUT.value, "results.json"), result)
   lines = ["| blocks | programs | lower s | compile s |", "|---|---|---|---|"]
   lines += [f"| {r['layers']} | {r['programs']} | {r['lower_s']:.1f} | "
             f"{r['compile_s']:.1f} |" for r in rows]
-  with open(os.path.join(_OUT.value, "benchmarks.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  io.write_text_atomic(os.path.join(_OUT.value, "benchmarks.md"),
+                       "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

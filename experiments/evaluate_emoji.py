@@ -5,8 +5,8 @@ r"""Quality evidence for the embedded emoji model (SPEC §8; issue 4, item 5).
     --out_docs=docs/emoji_eval
 
 --tokenizer / --transformer default to the shipped weights
-(toprovar_jax/assets/emoji/); any `loop.export_params` folder works. What is
-measured and why: `toprovar_jax/metrics/emoji_eval.py`. Writes to --workdir,
+(toprovar_jax/assets/emoji/); any `weights.shards` export folder works. What is
+measured and why: `toprovar_jax/evaluation/emoji.py`. Writes to --workdir,
 atomically: results.json (metrics, settings, wall times; per caption the
 LPIPS ranks of its samples, in grid row order) and PNG grids, captions drawn
 left of each row (compact ones, and *_all with every caption); results.json
@@ -24,7 +24,7 @@ import toprovar_jax
 from configs import common
 from toprovar_jax import io
 from toprovar_jax.data import emoji
-from toprovar_jax.metrics import emoji_eval
+from toprovar_jax.evaluation import emoji as emoji_eval
 
 _ASSETS = str(pathlib.Path(toprovar_jax.__file__).parent / "assets" / "emoji")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")

@@ -27,6 +27,9 @@ from ml_collections import config_flags
 
 from toprovar_jax import io
 from toprovar_jax import pipeline
+from toprovar_jax import report
+from toprovar_jax.sampling import runner
+from toprovar_jax.text import features
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/tiny.py[:key=value,...].",
@@ -51,16 +54,16 @@ def main(argv):
   logging.info("Plans %s, %d samples -> %s",
                [s.resolved_plan.name for s in samplers],
                conditions.num_samples, workdir)
-  if conditions.text_features == pipeline.PLACEHOLDER_TEXT:
+  if conditions.text_features == features.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no T5 encoder yet): images do not "
                     "follow the prompts.", conditions.text_features)
 
   t0 = time.perf_counter()
-  params, vae_params, source = pipeline.load_or_init(
+  params, vae_params, source = pipeline.params_from_config(
       config, jax.random.key(config.seed))
   init_s = time.perf_counter() - t0
   s = config.sampling
-  runs = pipeline.run_plans(
+  runs = runner.run_plans(
       samplers, pipeline.plan_specs(config), params, vae_params, conditions,
       seed=s.seed, batch_size=s.batch_size, cfg_scale=s.cfg_scale, tau=s.tau,
       text_tokens=s.text_len)
@@ -77,10 +80,10 @@ def main(argv):
     grids.append(f"grid_{run.slug}.png" if compare else "grid.png")
     io.save_image_grid(workdir / grids[-1], run.output.images)
   if compare:
-    io.write_png_atomic(workdir / "grid.png", pipeline.comparison_grid(
+    io.write_png_atomic(workdir / "grid.png", report.comparison_grid(
         runs, conditions.prompts))
   io.write_json_atomic(workdir / "config.json", config.to_dict())
-  io.write_json_atomic(workdir / "results.json", pipeline.results_record(
+  io.write_json_atomic(workdir / "results.json", report.results_record(
       config=config, runs=runs, conditions=conditions, source=source,
       init_s=init_s, files=files, grids=grids, grid="grid.png"))
   logging.info("Wrote %d plans x %d images, grid.png, config.json, "

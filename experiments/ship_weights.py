@@ -25,9 +25,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from toprovar_jax import pipeline
-from toprovar_jax import weights
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.weights import embedded
+from toprovar_jax.weights import loading
+from toprovar_jax.weights import shards
 
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "Folder holding tokenizer.manifest.json + shards.")
@@ -40,18 +41,18 @@ _DEST = flags.DEFINE_string(
 
 def _check(directory, model, tokenizer) -> int:
   """Loads both exports against the model; returns the shipped bytes."""
-  abstracts = {weights.TRANSFORMER: pipeline.abstract_transformer(model),
-               weights.TOKENIZER: pipeline.abstract_tokenizer(model,
-                                                              tokenizer)}
+  abstracts = {shards.TRANSFORMER: loading.abstract_transformer(model),
+               shards.TOKENIZER: loading.abstract_tokenizer(model,
+                                                            tokenizer)}
   paths = []
   for name, abstract in abstracts.items():
-    _, manifest = weights.load_params(directory, name, abstract,
-                                      context=f"{name} export")
-    paths += weights.export_files(directory, name)
+    _, manifest = shards.load_params(directory, name, abstract,
+                                     context=f"{name} export")
+    paths += shards.export_files(directory, name)
     logging.info("%s: step %s, %s params", name, manifest.get("step"),
                  manifest.get("num_params"))
   readme = pathlib.Path(directory) / "README.md"
-  return weights.check_sizes(paths + ([readme] if readme.is_file() else []))
+  return embedded.check_sizes(paths + ([readme] if readme.is_file() else []))
 
 
 def main(argv):
@@ -60,12 +61,12 @@ def main(argv):
   model = config_lib.get_variant(_MODEL.value)
   tokenizer = config_lib.get_tokenizer(model.name)
   target = (pathlib.Path(_DEST.value) if _DEST.value
-            else weights.embedded_dir(model.name)).absolute()
-  sources = {weights.TRANSFORMER: pathlib.Path(_TRANSFORMER.value),
-             weights.TOKENIZER: pathlib.Path(_TOKENIZER.value)}
+            else embedded.embedded_dir(model.name)).absolute()
+  sources = {shards.TRANSFORMER: pathlib.Path(_TRANSFORMER.value),
+             shards.TOKENIZER: pathlib.Path(_TOKENIZER.value)}
   # Sizes first (cheap), before a byte is copied.
-  weights.check_sizes([p for name, d in sources.items()
-                       for p in weights.export_files(d, name)])
+  embedded.check_sizes([p for name, d in sources.items()
+                        for p in shards.export_files(d, name)])
 
   target.parent.mkdir(parents=True, exist_ok=True)
   tag = secrets.token_hex(4)
@@ -74,7 +75,7 @@ def main(argv):
   staging.mkdir()
   try:
     for name, directory in sources.items():
-      for path in weights.export_files(directory, name):
+      for path in shards.export_files(directory, name):
         shutil.copy2(path, staging / path.name)
     if (target / "README.md").is_file():
       shutil.copy2(target / "README.md", staging / "README.md")
@@ -95,7 +96,7 @@ def main(argv):
   shutil.rmtree(old, ignore_errors=True)
   logging.info("Shipped %d bytes (limit %d) to %s; now update its "
                "README.md (steps, commands).", total,
-               weights.MAX_TOTAL_BYTES, target)
+               embedded.MAX_TOTAL_BYTES, target)
 
 
 if __name__ == "__main__":

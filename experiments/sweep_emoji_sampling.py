@@ -23,7 +23,7 @@ from absl import logging
 import toprovar_jax
 from toprovar_jax import io
 from toprovar_jax.data import emoji
-from toprovar_jax.metrics import emoji_eval
+from toprovar_jax.evaluation import emoji as emoji_eval
 
 _ASSETS = str(pathlib.Path(toprovar_jax.__file__).parent / "assets" / "emoji")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")

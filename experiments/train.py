@@ -26,13 +26,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from toprovar_jax import checkpoints  # noqa: E402
 from toprovar_jax import io  # noqa: E402
-from toprovar_jax import training  # noqa: E402
+from toprovar_jax.data import augment  # noqa: E402
 from toprovar_jax.data import emoji  # noqa: E402
+from toprovar_jax.training import data as training  # noqa: E402
 from toprovar_jax.training import loop  # noqa: E402
 from toprovar_jax.training import tokenizer  # noqa: E402
 from toprovar_jax.training import transformer  # noqa: E402
+from toprovar_jax.weights import checkpoints  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/emoji_train.py[:stage=...]", lock_config=True)
@@ -43,7 +44,7 @@ _MUTABLE = ("loop", "train_steps", "data.workers", "data.num_eval",
             "ckpt.transformer")
 
 
-def _to_float(batch):  # on device: uint8 -> [-1, 1], as emoji.augment does
+def _to_float(batch):  # on device: uint8 -> [-1, 1], as augment.augment does
   return dict(batch, images=batch["images"].astype("float32") / 127.5 - 1.0)
 
 
@@ -63,7 +64,7 @@ def main(argv):
     raise ValueError(f"{config.data.dataset}: {data.images.shape[1]} px "
                      f"images; {config.model.variant} needs {size}")
   train, held = training.split(data)
-  eval_rgb = emoji.composite(data.images[held])[:config.data.num_eval or None]
+  eval_rgb = augment.composite(data.images[held])[:config.data.num_eval or None]
   tx, lr_fn = loop.make_optimizer(total_steps=config.train_steps,
                                   **config.optim)
   # RBG for the init: XLA compiles it ~3x faster than threefry's unrolled
@@ -75,7 +76,7 @@ def main(argv):
                  batch_size=min(64, len(eval_rgb)))
   batch_kw = dict(batch_size=config.batch_size, image_size=size,
                   seed=config.seed, workers=config.data.workers,
-                  augment_config=emoji.AugmentConfig(**config.augment))
+                  augment_config=augment.AugmentConfig(**config.augment))
   if stage == "tokenizer":
     objective = tokenizer.TokenizerObjective(
         schedule=schedule, compute_dtype=config.model.dtype,

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 import optax
 
 from toprovar_jax import io
-from toprovar_jax import training
+from toprovar_jax.training import data as training
 from toprovar_jax.training import loop
 from toprovar_jax.training import tokenizer
 from toprovar_jax.training import transformer

@@ -12,8 +12,9 @@ from ml_collections import config_flags
 from configs import common
 from toprovar_jax import pipeline
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.text import features
 
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 _CONFIG_NAMES = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.py")
@@ -148,7 +149,7 @@ class TinyConfigTest(parameterized.TestCase):
       self.assertEqual(cond.text.shape, (2, 32, sampler.model.text_dim))
       self.assertEqual(cond.text_mask.sum(axis=1).tolist(),
                        list(cond.text_lengths))
-      self.assertEqual(cond.text_features, pipeline.PLACEHOLDER_TEXT)
+      self.assertEqual(cond.text_features, features.PLACEHOLDER_TEXT)
 
   @parameterized.named_parameters(
       ("batch_size", "var_tiny", "sampling.batch_size", 0,
@@ -175,18 +176,18 @@ class TinyConfigTest(parameterized.TestCase):
 
   def test_unroll_tokens_reaches_the_sampler(self):
     config = _get_config("tiny")
-    self.assertEqual(pipeline.sampler_from_config(config).sampling
+    self.assertEqual(pipeline.sampler_from_config(config).execution
                      .unroll_tokens, 0)
     config.sampling.unroll_tokens = 64
-    self.assertEqual(pipeline.sampler_from_config(config).sampling
+    self.assertEqual(pipeline.sampler_from_config(config).execution
                      .unroll_tokens, 64)
 
   def test_kv_read_reaches_the_sampler(self):
     config = _get_config("tiny")
-    self.assertEqual(pipeline.sampler_from_config(config).sampling.kv_read,
+    self.assertEqual(pipeline.sampler_from_config(config).execution.kv_read,
                      "slice")
     config.sampling.kv_read = "buffer"
-    self.assertEqual(pipeline.sampler_from_config(config).sampling.kv_read,
+    self.assertEqual(pipeline.sampler_from_config(config).execution.kv_read,
                      "buffer")
 
   def test_bad_plan_passes_plan_error_through(self):
@@ -194,32 +195,6 @@ class TinyConfigTest(parameterized.TestCase):
     config.sparsity.plan = "infinity_2b_paper"
     with self.assertRaisesRegex(plan_lib.PlanError, "num_layers"):
       pipeline.sampler_from_config(config)
-
-  def test_long_prompt_is_truncated_with_a_warning(self):
-    model = config_lib.get_variant("infinity_tiny")
-    with self.assertLogs(level="WARNING") as logs:
-      cond = pipeline.make_conditions(
-          model, prompts=("one two three four five six",), text_len=4)
-    self.assertIn("truncated", "".join(logs.output))
-    self.assertEqual(cond.text_lengths, (4,))
-    self.assertEqual(cond.truncated, (True,))
-    self.assertTrue(cond.text_mask.all())
-
-  def test_placeholder_features_are_a_function_of_the_prompt(self):
-    a = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    b = pipeline.placeholder_text_features("a cat", text_dim=64, text_len=8)
-    c = pipeline.placeholder_text_features("a dog", text_dim=64, text_len=8)
-    np.testing.assert_array_equal(a, b)
-    self.assertEqual(a.shape, (3, 64))  # "a", "cat", end of sequence
-    self.assertFalse(np.allclose(a, c))
-    long = pipeline.placeholder_text_features(" ".join(["w"] * 300),
-                                              text_dim=64, text_len=512)
-    self.assertAlmostEqual(float(long.std()), 0.3, delta=0.01)
-
-  def test_num_samples_cycles_conditions(self):
-    model = config_lib.get_variant("var_tiny")
-    cond = pipeline.make_conditions(model, labels=(1, 2), num_samples=5)
-    np.testing.assert_array_equal(cond.labels, [1, 2, 1, 2, 1])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from absl.testing import parameterized
 
 from toprovar_jax import flops
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import baselines
+from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import plan as plan_lib
 
 _2B = config_lib.get_variant("infinity_2b")
 _D30 = config_lib.get_variant("var_d30")
@@ -110,7 +112,7 @@ class BaselineTest(parameterized.TestCase):
 
   def test_fastvar(self):
     # ARCHITECTURES C.1: 116 -> 28 TFLOP, 4.15x.
-    plan = plan_lib.fastvar_plan(_2B)
+    plan = baselines.fastvar_plan(_2B)
     result = flops.plan_flops(plan, _2B)
     self.assertTrue(_close(result.total / _TERA, 28.0), result.total)
     reduction = flops.speedup(plan, _2B)
@@ -120,12 +122,12 @@ class BaselineTest(parameterized.TestCase):
 
   @parameterized.parameters((1, 1.86), (2, 3.11), (3, 5.33))
   def test_skipvar_skip_last(self, k, want):
-    plan = plan_lib.skipvar_plan(_2B, skip_scales=k)
+    plan = baselines.skipvar_plan(_2B, skip_scales=k)
     self.assertTrue(_close(flops.speedup(plan, _2B), want))
 
   @parameterized.parameters((12, 1.30), (11, 1.51), (10, 1.68))
   def test_skipvar_uncond_drop(self, s, want):
-    plan = plan_lib.skipvar_plan(_2B, drop_uncond_from=s)
+    plan = baselines.skipvar_plan(_2B, drop_uncond_from=s)
     self.assertTrue(_close(flops.speedup(plan, _2B), want))
 
   def test_x_layer_costs_nothing(self):
@@ -174,7 +176,7 @@ def _paper_plan_by_hand() -> float:
 class PaperPlanTest(absltest.TestCase):
 
   def test_predicted_speedup(self):
-    plan = plan_lib.load_plan("infinity_2b_paper", _2B)
+    plan = named.load_plan("infinity_2b_paper", _2B)
     result = flops.plan_flops(plan, _2B)
     dense = flops.dense_flops(_2B)
     by_hand = _paper_plan_by_hand()

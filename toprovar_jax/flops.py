@@ -34,8 +34,9 @@ import dataclasses
 from typing import Dict, Mapping, Optional, Tuple
 
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.sampling import layout
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import layout
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
 
 COMPONENTS = ("linear", "self_attn", "cross_attn", "head")
 # Text tokens after masking in §E (a typical prompt; T5 pads to 512 but the
@@ -96,7 +97,7 @@ def plan_flops(plan: plan_lib.SparsityPlan,
   Returns:
     The structured FLOP count.
   """
-  plan_lib.validate_plan(plan, cfg)
+  validation.validate_plan(plan, cfg)
   c = cfg.width
   f = cfg.mlp_hidden
   t = text_tokens

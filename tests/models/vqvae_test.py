@@ -71,7 +71,6 @@ def _variables():
 _MODEL = vqvae.VQVAE(_CFG)
 
 
-
 @jax.jit
 def _encode_and_quantise(variables, img):
   f = _MODEL.apply(variables, img, method=vqvae.VQVAE.encode)
@@ -160,37 +159,6 @@ class ParamCountTest(absltest.TestCase):
   def test_phi_table(self):
     # ARCHITECTURES A.5: hard-coded table for the 10-scale schedules.
     self.assertEqual(_CFG.phi_index, (0, 0, 1, 1, 1, 2, 2, 3, 3, 3))
-
-
-class ConverterTest(absltest.TestCase):
-
-  def test_converted_tree_matches_module(self):
-    variables = convert_lib.convert_vqvae(_state_dict(), _CFG, verify=False)
-    common.check_against(variables, convert_lib.abstract_variables(_CFG))
-    self.assertEqual(convert_lib.count_params(variables), _TINY_PARAMS)
-
-  def test_rejects_missing_unexpected_and_misshaped_keys(self):
-    sd = dict(_state_dict())
-    del sd['decoder.up.3.block.0.nin_shortcut.bias']
-    sd['encoder.down.4.attn.2.qkv.weight'] = np.zeros((384, 128, 1, 1))
-    sd['quantize.embedding.weight'] = np.zeros((255, 32), np.float32)
-    with self.assertRaises(common.ConversionError) as ctx:
-      convert_lib.convert_vqvae(sd, _CFG)
-    msg = str(ctx.exception)
-    self.assertIn('decoder.up.3.block.0.nin_shortcut.bias', msg)
-    self.assertIn('encoder.down.4.attn.2.qkv.weight', msg)
-    self.assertIn('quantize.embedding.weight', msg)
-    self.assertEqual(ctx.exception.missing,
-                     ['decoder.up.3.block.0.nin_shortcut.bias'])
-    self.assertEqual(ctx.exception.unexpected,
-                     ['encoder.down.4.attn.2.qkv.weight'])
-    self.assertEqual([m[0] for m in ctx.exception.mismatched],
-                     ['quantize.embedding.weight'])
-
-  def test_ignores_only_the_ema_buffer(self):
-    sd = dict(_state_dict())
-    del sd['quantize.ema_vocab_hit_SV']  # optional: never required
-    convert_lib.convert_vqvae(sd, _CFG, verify=False)
 
 
 class EncodeTest(absltest.TestCase):

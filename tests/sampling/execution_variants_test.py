@@ -34,7 +34,9 @@ from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
 from toprovar_jax.models import vqvae
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 
 _B = 2
@@ -69,25 +71,34 @@ def _micro_var():
   return cfg, tok, params, vparams, dict(labels=labels)
 
 
+_EXECUTION_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(sampler_lib.ExecutionConfig))
+
+
+def _sampler(cfg, tok, plan, **kw):
+  """A Sampler; `kw` are SamplingConfig and ExecutionConfig fields."""
+  execution = {k: v for k, v in kw.items() if k in _EXECUTION_FIELDS}
+  rules = {k: v for k, v in kw.items() if k not in _EXECUTION_FIELDS}
+  return sampler_lib.Sampler(
+      model=cfg, tokenizer=tok, plan=plan,
+      sampling=sampler_lib.SamplingConfig(**rules),
+      execution=sampler_lib.ExecutionConfig(**execution))
+
+
 def _generate(setup, plan=None, **sampling):
   cfg, tok, params, vparams, cond = setup
-  smp = sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(top_k=1, return_logits=True,
-                                          **sampling))
+  smp = _sampler(cfg, tok, plan, top_k=1, return_logits=True, **sampling)
   g = 3.0 if cfg.style == "infinity" else 1.5
-  return smp.generate(params, vparams, jax.random.key(0), jnp.float32(g),
-                      jnp.float32(1.0), **cond)
+  return smp.generate(params, vparams, runner.image_keys(0, range(_B)),
+                      jnp.float32(g), jnp.float32(1.0), **cond)
 
 
 def _num_layer_loops(setup, plan=None, **sampling):
   """While loops in the lowered generation program (the layer scans)."""
   cfg, tok, params, vparams, cond = setup
-  smp = sampler_lib.Sampler(
-      model=cfg, tokenizer=tok, plan=plan,
-      sampling=sampler_lib.SamplingConfig(top_k=1, **sampling))
+  smp = _sampler(cfg, tok, plan, top_k=1, **sampling)
   text = type(smp).generate.lower(
-      smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
+      smp, params, vparams, runner.image_keys(0, range(_B)), jnp.float32(1.0),
       jnp.float32(1.0), **cond).as_text()
   return text.count("stablehlo.while")
 
@@ -129,7 +140,7 @@ def _setup_and_plan(style, plan_name):
   setup = _micro_infinity() if style == "infinity" else _micro_var()
   plan = _PLANS[plan_name](setup[0])
   if plan is not None:
-    plan = plan_lib.validate_plan(plan, setup[0])
+    plan = validation.validate_plan(plan, setup[0])
   return setup, plan
 
 
@@ -194,7 +205,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     # (key_value_seq_lengths in the plain call, q/kv_seqlen + PADDING in the
     # [V | K] entropy call) through a whole sparse generation.
     setup = _micro_infinity()
-    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    plan = validation.validate_plan(_probe_plan(setup[0]), setup[0])
     kw = dict(attn_impl="cudnn", entropy_impl="cudnn", record_entropy=True)
     with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
                            _emulated_cudnn), \
@@ -257,12 +268,10 @@ class ExecutionVariantsTest(parameterized.TestCase):
     lowered = {}
     for loop in ("scan", "while"):
       c, tok, params, vparams, cond = setup
-      smp = sampler_lib.Sampler(
-          model=c, tokenizer=tok, plan=plan,
-          sampling=sampler_lib.SamplingConfig(top_k=1, layer_loop=loop, **kw))
+      smp = _sampler(c, tok, plan, top_k=1, layer_loop=loop, **kw)
       lowered[loop] = type(smp).generate.lower(
-          smp, params, vparams, jax.random.key(0), jnp.float32(1.0),
-          jnp.float32(1.0), **cond).as_text()
+          smp, params, vparams, runner.image_keys(0, range(_B)),
+          jnp.float32(1.0), jnp.float32(1.0), **cond).as_text()
     self.assertNotEqual(lowered["scan"], lowered["while"])
     # ... with the same numbers.
     ref = _generate(setup, plan, **kw)
@@ -279,7 +288,7 @@ class ExecutionVariantsTest(parameterized.TestCase):
     # Row 0 of the micro text has 5 of 8 tokens: cuDNN gets it as a length
     # (key_value_seq_lengths), XLA as a key mask.
     setup = _micro_infinity()
-    plan = plan_lib.validate_plan(_probe_plan(setup[0]), setup[0])
+    plan = validation.validate_plan(_probe_plan(setup[0]), setup[0])
     ref = _generate(setup, plan, attn_impl="xla", record_entropy=True)
     with mock.patch.object(nn_functions, "cudnn_dot_product_attention",
                            _emulated_cudnn), \
@@ -302,15 +311,15 @@ class ExecutionVariantsTest(parameterized.TestCase):
 
   def test_unknown_layer_loop_raises(self):
     with self.assertRaisesRegex(ValueError, "layer_loop"):
-      sampler_lib.SamplingConfig(layer_loop="fori")
+      sampler_lib.ExecutionConfig(layer_loop="fori")
 
   def test_negative_unroll_tokens_raises(self):
     with self.assertRaisesRegex(ValueError, "unroll_tokens"):
-      sampler_lib.SamplingConfig(unroll_tokens=-1)
+      sampler_lib.ExecutionConfig(unroll_tokens=-1)
 
   def test_unknown_kv_read_raises(self):
     with self.assertRaisesRegex(ValueError, "kv_read"):
-      sampler_lib.SamplingConfig(kv_read="concat")
+      sampler_lib.ExecutionConfig(kv_read="concat")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Scale sampler: KV-cache equivalence, no recompilation, sampling rules."""
+"""Scale sampler: KV-cache equivalence, no recompilation, same seed same
+sample (the sampling rules: strategies_test.py)."""
 
 import functools
 
@@ -15,8 +16,8 @@ from toprovar_jax.convert import common
 from toprovar_jax.convert import transformer as convert_transformer
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
-from toprovar_jax.sampling import strategies
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +57,7 @@ class CacheEquivalenceTest(parameterized.TestCase):
     # Guidance off (VAR cfg 0: t = 0; Infinity cfg 1, τ 1) -> the sampler's
     # logits are the conditional rows of the cached forward.
     cfg_scale = 0.0 if cfg.style == "var" else 1.0
-    out = smp.generate(params, vparams, jax.random.key(0),
+    out = smp.generate(params, vparams, runner.image_keys(0, range(len(gt))),
                        jnp.float32(cfg_scale), jnp.float32(1.0),
                        forced=jnp.asarray(gt), **cond)
     chex.assert_trees_all_close(out.logits, tf_logits, atol=1e-5, rtol=0)
@@ -75,7 +76,8 @@ class NoRecompileTest(absltest.TestCase):
     outs = []
     for seed, labels, g in ((0, [1, 2], 1.5), (1, [7, 999], 4.0),
                             (2, [3, 3], 0.5)):
-      out = fn(params, vparams, jax.random.key(seed), jnp.float32(g),
+      out = fn(params, vparams, runner.image_keys(seed, range(2)),
+               jnp.float32(g),
                jnp.float32(1.0), jnp.asarray(labels, jnp.int32), None, None,
                None)
       outs.append(np.asarray(out.tokens))
@@ -87,55 +89,14 @@ class NoRecompileTest(absltest.TestCase):
     smp = sampler_lib.Sampler(
         model=cfg, tokenizer=tok,
         sampling=sampler_lib.SamplingConfig(top_k=8, top_p=0.95))
-    a = smp.generate(params, vparams, jax.random.key(3), jnp.float32(1.5),
+    keys = runner.image_keys(3, range(len(cond["labels"])))
+    a = smp.generate(params, vparams, keys, jnp.float32(1.5),
                      jnp.float32(1.0), **cond)
-    b = smp.generate(params, vparams, jax.random.key(3), jnp.float32(1.5),
+    b = smp.generate(params, vparams, keys, jnp.float32(1.5),
                      jnp.float32(1.0), **cond)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     self.assertEqual(a.tokens.shape, (2, cfg.seq_len))
     self.assertTrue(np.all(np.asarray(a.tokens) < cfg.vocab_size))
-
-
-class StrategiesTest(parameterized.TestCase):
-
-  def test_top_k_keeps_ties_like_torch(self):
-    logits = jnp.array([[1.0, 3.0, 3.0, 0.5, 2.0]])
-    out = strategies.top_k_top_p_filter(logits, top_k=2, top_p=0.0)
-    np.testing.assert_array_equal(np.isfinite(np.asarray(out)),
-                                  [[False, True, True, False, False]])
-
-  def test_top_p_golden(self):
-    # softmax([0, 1, 2, 3]) = [.032, .087, .237, .644]; ascending cumsum
-    # [.032, .119, .356, 1.0]. top_p 0.7 removes entries with cum <= 0.3.
-    logits = jnp.log(jnp.array([[0.032, 0.087, 0.237, 0.644]]))
-    out = strategies.top_k_top_p_filter(logits, top_k=0, top_p=0.7)
-    np.testing.assert_array_equal(np.isfinite(np.asarray(out)),
-                                  [[False, False, True, True]])
-    # Always keeps the largest, even at top_p -> 0+.
-    out = strategies.top_k_top_p_filter(logits, top_k=0, top_p=1e-6)
-    np.testing.assert_array_equal(np.isfinite(np.asarray(out)),
-                                  [[False, False, False, True]])
-
-  def test_top_p_unsorted_vocabulary_order(self):
-    logits = jnp.log(jnp.array([[0.644, 0.032, 0.237, 0.087]]))
-    out = strategies.top_k_top_p_filter(logits, top_k=0, top_p=0.7)
-    np.testing.assert_array_equal(np.isfinite(np.asarray(out)),
-                                  [[True, False, True, False]])
-
-  def test_greedy_is_argmax(self):
-    logits = jax.random.normal(jax.random.key(0), (3, 7, 11))
-    np.testing.assert_array_equal(
-        strategies.sample(jax.random.key(1), logits, top_k=1, top_p=0.0),
-        jnp.argmax(logits, -1))
-
-  def test_guidance_formulas(self):
-    cond, unc = jnp.full((1, 1, 2), 2.0), jnp.full((1, 1, 2), 1.0)
-    both = jnp.concatenate([cond, unc])
-    # VAR ramp at si = 9 of 10 with cfg 1.5: t = 1.5 -> 2.5*2 - 1.5*1 = 3.5.
-    np.testing.assert_allclose(strategies.guide_var(both, 1.5, 9, 10), 3.5)
-    np.testing.assert_allclose(strategies.guide_var(both, 1.5, 0, 10), 2.0)
-    # Infinity: (3*2 - 2*1) / 0.5 = 8.
-    np.testing.assert_allclose(strategies.guide_infinity(both, 3.0, 0.5), 8.0)
 
 
 if __name__ == "__main__":

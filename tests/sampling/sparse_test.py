@@ -17,9 +17,11 @@ from toprovar_jax import testing
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
 from toprovar_jax.sampling import latents
-from toprovar_jax.sampling import plan as plan_lib
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
-from toprovar_jax.sampling import selection
+from toprovar_jax.sparsity import selection
 
 _B = 2
 
@@ -42,7 +44,8 @@ def _sampler(cfg, plan=None, **kw):
 def _run(cfg, params, cond, plan=None, **kw):
   """Greedy generation at cfg 3, τ 1, seed 0 (the fixed setting of these tests)."""
   return _sampler(cfg, plan, **kw).generate(
-      params, None, jax.random.key(0), jnp.float32(3.0), jnp.float32(1.0),
+      params, None, runner.image_keys(0, range(_B)), jnp.float32(3.0),
+      jnp.float32(1.0),
       **cond)
 
 
@@ -76,7 +79,7 @@ class EqualitiesTest(parameterized.TestCase):
   def test_all_sparse_keeping_everything_equals_dense(self, scorer, select,
                                                       restore):
     cfg, params, cond = _micro()
-    plan = plan_lib.validate_plan(_all_sparse(cfg, scorer, select, restore),
+    plan = validation.validate_plan(_all_sparse(cfg, scorer, select, restore),
                                   cfg)
     out = _run(cfg, params, cond, plan)
     ref = _dense_out()
@@ -135,7 +138,7 @@ class PrunedPlanTest(absltest.TestCase):
 
   def test_no_retrace_across_seeds_and_prompts(self):
     cfg, params, cond = _micro()
-    plan = plan_lib.validate_plan(testing.probe_sx_plan(cfg), cfg)
+    plan = validation.validate_plan(testing.probe_sx_plan(cfg), cfg)
     smp = sampler_lib.Sampler(
         model=cfg, tokenizer=None, plan=plan,
         sampling=sampler_lib.SamplingConfig(top_k=0, top_p=0.9))
@@ -143,7 +146,7 @@ class PrunedPlanTest(absltest.TestCase):
     outs = []
     for seed, g in ((0, 3.0), (1, 4.5)):
       text = cond["text"] * (1.0 + seed)
-      out = fn(params, None, jax.random.key(seed), jnp.float32(g),
+      out = fn(params, None, runner.image_keys(seed, range(_B)), jnp.float32(g),
                jnp.float32(0.5), None, text, cond["text_mask"], None)
       outs.append(np.asarray(out.tokens))
     self.assertEqual(outs[0].shape, (_B, cfg.seq_len, cfg.latent_dim))
@@ -153,16 +156,18 @@ class PrunedPlanTest(absltest.TestCase):
     cfg, params, cond = _micro()
     gen = sampler_lib.Sampler.generate
     before = gen._cache_size()
-    p2 = lambda: plan_lib.validate_plan(
+    p2 = lambda: validation.validate_plan(
         testing.probe_sx_plan(cfg, name="p2"), cfg)
     smp = _sampler(cfg, p2())
     for seed in (0, 1, 2):
-      smp.generate(params, None, jax.random.key(seed), jnp.float32(3.0),
+      smp.generate(params, None, runner.image_keys(seed, range(_B)),
+                   jnp.float32(3.0),
                    jnp.float32(1.0), **cond)
     self.assertEqual(gen._cache_size(), before + 1)
     # An equal plan built separately is the same static argument.
     smp2 = _sampler(cfg, p2())
-    smp2.generate(params, None, jax.random.key(5), jnp.float32(3.0),
+    smp2.generate(params, None, runner.image_keys(5, range(_B)),
+                  jnp.float32(3.0),
                   jnp.float32(1.0), **cond)
     self.assertEqual(gen._cache_size(), before + 1)
 

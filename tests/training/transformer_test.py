@@ -22,6 +22,7 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
 from toprovar_jax.ops import resample
 from toprovar_jax.sampling import latents as latents_lib
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.training import transformer as train_lib
 
@@ -231,7 +232,7 @@ class LossTest(absltest.TestCase):
         sampling=sampler_lib.SamplingConfig(top_k=1, return_logits=True))
     # cfg 1, tau 1: the guided logits are the conditional rows. (`generate`
     # is `_generate` under the default jit.)
-    out = _jit(smp._generate)(_params(), None, jax.random.key(0),
+    out = _jit(smp._generate)(_params(), None, runner.image_keys(0, range(_B)),
                               jnp.float32(1.0), jnp.float32(1.0), None, text,
                               mask, gt_bits)
     np.testing.assert_array_equal(out.tokens, gt_bits)

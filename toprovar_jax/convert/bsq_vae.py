@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from toprovar_jax.convert import common
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.weights import strict
 
 _MASK_KEYS = ('quantizer.lfq.mask', 'quantize.lfq.mask')
 
@@ -150,5 +151,5 @@ def convert_bsq_vae(state_dict: Mapping[str, Any],
   params = {'encoder': _encoder(sd, cfg, n_res),
             'decoder': _decoder(sd, cfg, n_res)}
   sd.finish()
-  common.check_against(params, abstract_params(cfg), context='BSQ VAE tree')
+  strict.check_against(params, abstract_params(cfg), context='BSQ VAE tree')
   return params

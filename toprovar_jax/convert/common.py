@@ -2,41 +2,25 @@
 
 Official loaders are non-strict (Infinity's `load_state_dict(strict=False)`);
 ours are strict: every tensor must be consumed, every expected key present,
-every shape right, and the error lists all offenders at once.
+every shape right, and the error (`weights.strict.ConversionError`) lists all
+offenders at once. The converted tree is then checked against the model
+with `weights.strict.check_against`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
-
-class ConversionError(ValueError):
-  """A checkpoint does not match the model: lists every bad key."""
-
-  def __init__(self, *, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
-               mismatched: Sequence[Tuple[str, tuple, tuple]] = (),
-               context: str = ""):
-    self.missing = sorted(missing)
-    self.unexpected = sorted(unexpected)
-    self.mismatched = sorted(mismatched)
-    lines = [f"checkpoint does not match the model{(' (' + context + ')') if context else ''}:"]
-    if self.missing:
-      lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing)}")
-    if self.unexpected:
-      lines.append(f"  unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
-    if self.mismatched:
-      lines.append(f"  mis-shaped keys ({len(self.mismatched)}): " + ", ".join(
-          f"{k} (got {g}, expected {e})" for k, g, e in self.mismatched))
-    super().__init__("\n".join(lines))
+from toprovar_jax.weights import strict
 
 
 class StateDict:
   """A read-tracking view of a flat {official_key: array} mapping.
 
   Converters `take` keys with their expected shapes; `finish` raises a
-  `ConversionError` listing missing, mis-shaped and never-taken keys.
+  `strict.ConversionError` listing missing, mis-shaped and never-taken keys.
   """
 
   def __init__(self, sd: Mapping[str, Any], *, ignore: Iterable[str] = (),
@@ -71,8 +55,9 @@ class StateDict:
         k for k in self._sd if k not in self._used
         and not any(k.endswith(s) or k == s for s in self._ignore_suffixes)]
     if self._missing or unexpected or self._mismatched:
-      raise ConversionError(missing=self._missing, unexpected=unexpected,
-                            mismatched=self._mismatched, context=self._context)
+      raise strict.ConversionError(
+          missing=self._missing, unexpected=unexpected,
+          mismatched=self._mismatched, context=self._context)
 
 
 def linear(w: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -88,31 +73,3 @@ def conv2d(w: Optional[np.ndarray]) -> Optional[np.ndarray]:
 def strip_prefix(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
   """Keeps the keys that start with `prefix` (e.g. "var/"), without it."""
   return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, name))
-    else:
-      out[name] = v
-  return out
-
-
-def check_against(params: Mapping[str, Any], expected: Mapping[str, Any],
-                  context: str = ""):
-  """Compares a converted param tree with an abstract (eval_shape) tree.
-
-  Raises ConversionError listing missing / unexpected / mis-shaped leaves, so
-  a converter bug can never silently produce a partially filled model.
-  """
-  got, want = flatten(params), flatten(expected)
-  missing = [k for k in want if k not in got]
-  unexpected = [k for k in got if k not in want]
-  mism = [(k, tuple(np.shape(got[k])), tuple(want[k].shape))
-          for k in want if k in got and tuple(np.shape(got[k])) != tuple(want[k].shape)]
-  if missing or unexpected or mism:
-    raise ConversionError(missing=missing, unexpected=unexpected,
-                          mismatched=mism, context=context)

@@ -17,6 +17,7 @@ import numpy as np
 from toprovar_jax.convert import common
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
+from toprovar_jax.weights import strict
 
 # Buffers that hold no parameters (recomputed by us).
 _BUFFERS = ("zero_k_bias", "lvl_1L", "attn_bias_for_masking")
@@ -55,7 +56,7 @@ def convert_transformer(state_dict: Mapping[str, Any],
   Returns:
     params {"stem": ..., "blocks": stacked} as numpy float32 arrays.
   Raises:
-    common.ConversionError listing every missing / unexpected / mis-shaped key.
+    strict.ConversionError listing every missing / unexpected / mis-shaped key.
   """
   sd = common.StateDict(state_dict, ignore=_BUFFERS, context=cfg.name)
   c, h, f = cfg.width, cfg.num_heads, cfg.mlp_hidden
@@ -91,7 +92,7 @@ def convert_transformer(state_dict: Mapping[str, Any],
 
   chunks = _num_chunks(state_dict.keys())
   if cfg.style == "infinity" and chunks and cfg.depth % chunks:
-    raise common.ConversionError(
+    raise strict.ConversionError(
         context=f"{cfg.name}: {chunks} block_chunks do not divide depth "
         f"{cfg.depth}")
   blocks = []
@@ -130,7 +131,7 @@ def convert_transformer(state_dict: Mapping[str, Any],
             "blocks": jax.tree.map(lambda *xs: np.stack(xs), *blocks)}
   expected = jax.eval_shape(lambda k: transformer.init_params(cfg, k),
                             jax.random.key(0))
-  common.check_against(params, expected, context=cfg.name)
+  strict.check_against(params, expected, context=cfg.name)
   return params
 
 

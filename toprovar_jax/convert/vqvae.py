@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from toprovar_jax.convert.common import StateDict, check_against, conv2d
+from toprovar_jax.convert.common import StateDict, conv2d
+from toprovar_jax.weights.strict import check_against
 from toprovar_jax.models.config import VQVAEConfig
 
 # Buffers present in official files that carry no parameters.

@@ -1,6 +1,6 @@
 """Flatness of the background: position-fixed artefacts such as v1's speck.
 
-Emoji are drawn on white (`data.emoji.composite`), so wherever the reference
+Emoji are drawn on white (`data.augment.composite`), so wherever the reference
 emoji has no ink a good reconstruction or sample is white too. Averaging,
 per pixel position, how far images stray from white there shows whether a
 model paints something at a fixed place whatever the content: model v1's

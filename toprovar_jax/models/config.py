@@ -321,6 +321,13 @@ VARIANTS = {
     "var_tiny": _var(2, name="var_tiny", vocab_size=256),
     "infinity_tiny": _infinity("infinity_tiny", 2, 256, 2, bits=16,
                                sides=INFINITY_1M_SIDES[:7], text_dim=256),
+    # Test-only miniature of the emoji model (training and evaluation
+    # tests): 32 px, 4 scales, 8x8 final grid; compiles in seconds on CPU.
+    "_emoji_tiny": TransformerConfig(
+        name="_emoji_tiny", style="infinity", depth=2, width=64, num_heads=2,
+        mlp_hidden=128, schedule=square_schedule((1, 2, 4, 8)),
+        latent_dim=8, shared_aln=True, num_level_embeds=15, text_dim=384,
+        text_maxlen=16, rope_grid=(8, 8), text_pool_heads=2),
 }
 
 # Tokenizers that go with each transformer variant.
@@ -337,6 +344,9 @@ TOKENIZERS = {
     "var_tiny": VQVAEConfig(ch=32, vocab_size=256),
     "infinity_tiny": BSQConfig(base_ch=32, ch_mult=(1, 2, 2, 2, 2),
                                codebook_dim=16),
+    # Stride 4, no encoder res-blocks: an 8x8 final grid at 32 px.
+    "_emoji_tiny": BSQConfig(base_ch=32, ch_mult=(1, 1, 1), num_res_blocks=0,
+                             codebook_dim=8),
 }
 
 

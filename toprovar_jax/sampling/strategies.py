@@ -72,3 +72,19 @@ def sample(rng: Array, logits: Array, *, top_k: int, top_p: float) -> Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = top_k_top_p_filter(logits.astype(jnp.float32), top_k, top_p)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_rows(row_keys: Array, logits: Array, *, top_k: int,
+                top_p: float) -> Array:
+  """`sample` with one PRNG key per row: (B,) keys, (B, ...) -> (B, ...).
+
+  Row b draws from row_keys[b] alone (vmap over rows), so a row's choices
+  do not depend on the batch size, the other rows or their order.
+  """
+  return jax.vmap(lambda k, lg: sample(k, lg, top_k=top_k, top_p=top_p))(
+      row_keys, logits)
+
+
+def scale_keys(row_keys: Array, si: int) -> Array:
+  """Per-row keys of scale si: fold_in(row_key, si) for each (B,) key."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, si))(row_keys)

@@ -38,6 +38,7 @@ import tokenizers
 
 from toprovar_jax.convert import common
 from toprovar_jax.text import minilm
+from toprovar_jax.weights import strict
 
 PathLike = Union[str, os.PathLike]
 Params = Dict[str, Any]
@@ -168,7 +169,7 @@ def convert_state_dict(
     A params tree (float32 numpy leaves) for `minilm.MiniLM(config)`.
 
   Raises:
-    common.ConversionError: listing every missing, unexpected and mis-shaped
+    strict.ConversionError: listing every missing, unexpected and mis-shaped
       key at once.
     ValueError: `embeddings.position_ids` is not 0..P-1.
   """
@@ -209,7 +210,7 @@ def convert_state_dict(
     }
   sd.finish()
   # Guards the mapping itself: the tree must be exactly the module's.
-  common.check_against(params, abstract_params(config),
+  strict.check_against(params, abstract_params(config),
                        context="MiniLM converter")
   return params
 

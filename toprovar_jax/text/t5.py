@@ -2,7 +2,7 @@
 
 Infinity conditions on the `last_hidden_state` of the Flan-T5-XL encoder
 (SPEC §1, ARCHITECTURES B.2). This module only computes; converting the
-public safetensors lives in `t5_convert.py` (STYLE.md §9.2).
+public safetensors lives in `toprovar_jax/convert/t5.py` (STYLE.md §9.2).
 
 Architecture, as pinned by the tiny golden file (reference README §9-§10):
 * Embedding: a plain table lookup, no sqrt(d_model) scaling.
@@ -316,7 +316,7 @@ def encode(params, input_ids: Array, mask: Optional[Array] = None, *,
   Pure (jit it at the call site with `static_argnames=("config",)`).
 
   Args:
-    params: the `T5Encoder` params tree (e.g. from `t5_convert`).
+    params: the `T5Encoder` params tree (e.g. from `convert.t5`).
     input_ids: (B, L) int token ids.
     mask: (B, L) 1 at real tokens, or None.
     config: the architecture.

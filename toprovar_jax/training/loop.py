@@ -13,7 +13,8 @@ persists between the commands of one lease. So one `run` call is one command:
      time spent waiting for host batches (`data_wait`) and the ETA, and
      write `curves.json` / `curves.png` (`training.curves`);
   5. export the params as bf16 `.npz` shards of at most 16 MiB each plus a
-     `manifest.json` (`export_params`), the files that leave the machine.
+     `manifest.json` (`weights.shards.write_shards`), the files that leave
+     the machine.
 
 Rerunning the same command continues where the last one stopped. Batches and
 step keys depend only on the step (`batch_fn(step)`; train steps fold
@@ -39,26 +40,21 @@ from typing import Tuple, Union
 from absl import logging
 import flax.traverse_util
 import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
 from toprovar_jax import io
-from toprovar_jax import weights
 from toprovar_jax.training import curves as curves_lib
+from toprovar_jax.weights import shards
 
 PathLike = Union[str, os.PathLike]
 Metrics = Dict[str, Any]
 
 MiB = 1 << 20
-EXPORT_FORMAT = weights.EXPORT_FORMAT  # read back by weights.load_shards
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
-# Room for the .npy headers and zip directory of one shard, per array.
-_NPZ_OVERHEAD_PER_ARRAY = 512
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,111 +160,6 @@ def make_optimizer(*, learning_rate: float, total_steps: int,
   parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
                            mask=decay_mask))
   return optax.chain(*parts), schedule
-
-
-# -----------------------------------------------------------------------------
-# Export: bf16 npz shards, each at most `max_bytes`.
-# -----------------------------------------------------------------------------
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-  import io as pyio  # local: `io` is toprovar_jax.io here
-  buf = pyio.BytesIO()
-  np.savez(buf, **arrays)
-  return buf.getvalue()
-
-
-def export_params(directory: PathLike, tree: Any, *, name: str = "params",
-                  step: int = 0, dtype: Any = jnp.bfloat16,
-                  max_bytes: int = 16 * MiB,
-                  metadata: Optional[Mapping[str, Any]] = None
-                  ) -> List[pathlib.Path]:
-  """Writes a nested dict of arrays as npz shards of at most `max_bytes`.
-
-  Floating leaves are cast to `dtype`; bf16 is stored as its uint16 bit
-  pattern (numpy has no bfloat16 and `np.load` would return raw void), and
-  `manifest.json` records the real dtype and shape of every leaf. A leaf too
-  big for one shard is split along its first axis. Shards are
-  `<name>_000.npz`, `<name>_001.npz`, ...; every file is written atomically
-  and the manifest last, so a reader never sees a manifest without its
-  shards. Older shards of the same name that the new manifest does not list
-  are removed.
-
-  Args:
-    directory: output folder (created).
-    tree: nested dict of arrays (jax or numpy), e.g. {"params": ...}.
-    name: file prefix; the manifest is `<name>.manifest.json`.
-    step: training step recorded in the manifest.
-    dtype: storage dtype of floating leaves.
-    max_bytes: largest shard file.
-    metadata: extra JSON-serialisable fields for the manifest.
-
-  Returns:
-    The written paths, shards first, manifest last.
-
-  Raises:
-    ValueError: `max_bytes` cannot hold even one row of some leaf.
-  """
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  flat = flax.traverse_util.flatten_dict(jax.device_get(tree), sep="/")
-  budget = max_bytes - 4096  # zip end-of-directory and slack
-  leaves, pieces = {}, []  # pieces: (leaf key, part index, array)
-  for key in sorted(flat):
-    arr = np.asarray(flat[key])
-    if np.issubdtype(arr.dtype, np.floating):
-      arr = arr.astype(dtype)
-    stored_dtype = np.dtype(arr.dtype)
-    if stored_dtype == np.dtype(ml_dtypes.bfloat16):
-      arr = arr.view(np.uint16)
-    leaves[key] = dict(shape=list(arr.shape), dtype=stored_dtype.name,
-                       parts=[])
-    row_bytes = arr.nbytes // max(arr.shape[0], 1) if arr.ndim else arr.nbytes
-    if arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY <= budget or arr.ndim == 0:
-      pieces.append((key, 0, arr))
-      continue
-    rows = (budget - _NPZ_OVERHEAD_PER_ARRAY) // max(row_bytes, 1)
-    if rows < 1:
-      raise ValueError(f"export: one row of {key!r} ({row_bytes} bytes) does "
-                       f"not fit in max_bytes={max_bytes}")
-    for part, start in enumerate(range(0, arr.shape[0], rows)):
-      pieces.append((key, part, arr[start:start + rows]))
-
-  # First-fit in key order: deterministic, and shards stay near max_bytes.
-  shards: List[Dict[str, np.ndarray]] = [{}]
-  used = [0]
-  for key, part, arr in pieces:
-    cost = arr.nbytes + _NPZ_OVERHEAD_PER_ARRAY
-    if used[-1] + cost > budget and shards[-1]:
-      shards.append({})
-      used.append(0)
-    entry = f"{key}#{part}"
-    shards[-1][entry] = arr
-    used[-1] += cost
-    leaves[key]["parts"].append(
-        dict(file=f"{name}_{len(shards) - 1:03d}.npz", entry=entry,
-             rows=int(arr.shape[0]) if arr.ndim else 0))
-
-  written = []
-  for i, arrays in enumerate(shards):
-    data = _npz_bytes(arrays)
-    if len(data) > max_bytes:  # the overhead estimate is generous; be sure
-      raise AssertionError(f"export shard {i} is {len(data)} > {max_bytes}")
-    written.append(io.write_bytes_atomic(directory / f"{name}_{i:03d}.npz",
-                                       data))
-  manifest = dict(format=EXPORT_FORMAT, name=name, step=int(step),
-                  max_bytes=int(max_bytes),
-                  files=[p.name for p in written],
-                  num_params=int(sum(np.prod(v["shape"], dtype=np.int64)
-                                     for v in leaves.values())),
-                  metadata=dict(metadata or {}), leaves=leaves)
-  written.append(io.write_json_atomic(directory / f"{name}.manifest.json",
-                                      manifest))
-  keep = set(manifest["files"])
-  for stale in directory.glob(f"{name}_[0-9][0-9][0-9].npz"):
-    if stale.name not in keep:
-      stale.unlink()
-  return written
 
 
 # -----------------------------------------------------------------------------
@@ -581,7 +472,7 @@ def run(*, workdir: PathLike, init_fn: Callable[[], Any],
   curves_lib.write_curves(workdir)
   export_files = ()
   if export_fn is not None:
-    export_files = tuple(str(p) for p in export_params(
+    export_files = tuple(str(p) for p in shards.write_shards(
         workdir / EXPORT_DIR, export_fn(state), name=export_name, step=step,
         max_bytes=config.export_max_bytes))
   wall = time.monotonic() - t_call

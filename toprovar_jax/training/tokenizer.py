@@ -35,8 +35,9 @@ statistics are float32 in flax regardless).
 
 Evaluation (`evaluate`): held-out emoji composited on white -> encode with the
 generation schedule -> decode (clamped, rounded to uint8 as saved images
-are) -> PSNR and SSIM (Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, as
-Wang et al. 2004 and tf.image.ssim, 'valid' windows), in [0, 1] units.
+are) -> PSNR and SSIM (`metrics.image`: Gaussian 11x11, sigma 1.5, K1 0.01,
+K2 0.03, as Wang et al. 2004 and tf.image.ssim, 'valid' windows), in [0, 1]
+units.
 
 Dimension letters: B batch, H x W latent grid, s stride, d code bits, S
 scales.
@@ -55,14 +56,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toprovar_jax import checkpoints
-from toprovar_jax import weights
-from toprovar_jax.convert import common
+from toprovar_jax.metrics import image as image_metrics
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.ops import resample
 from toprovar_jax.training import loop
 from toprovar_jax.training import transformer as transformer_training
+from toprovar_jax.weights import checkpoints
+from toprovar_jax.weights import shards
+from toprovar_jax.weights import strict
 
 Array = jax.Array
 Schedule = config_lib.Schedule
@@ -82,7 +84,7 @@ class TokenizerObjective:
   Attributes:
     schedule: (h, w) VAE-grid sizes of the quantiser, coarse to fine, ending
       at the full latent grid: the generation schedule
-      (`training.vae_schedule(model)`); None: the emoji sides below the
+      (`training.data.vae_schedule(model)`); None: the emoji sides below the
       grid, then the grid (`default_schedule`).
     l1_weight: weight of mean |x_rec - x|.
     l2_weight: weight of mean (x_rec - x)^2.
@@ -194,75 +196,6 @@ def _schedule(objective: TokenizerObjective, images: Array,
   return default_schedule((images.shape[1] // s, images.shape[2] // s))
 
 
-def psnr(x: Array, y: Array, *, data_range: float = 1.0) -> Array:
-  """Peak signal-to-noise ratio per image, in dB.
-
-  Args:
-    x, y: (B, H, W, C) images in the same units.
-    data_range: peak-to-peak range (1 for [0, 1], 2 for [-1, 1]).
-
-  Returns:
-    (B,) float32; +inf for identical images.
-  """
-  mse = jnp.mean(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)),
-                 axis=(1, 2, 3))
-  return 10.0 * jnp.log10(jnp.float32(data_range) ** 2 / mse)
-
-
-def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
-  x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-  g = np.exp(-0.5 * (x / sigma) ** 2)
-  return (g / g.sum()).astype(np.float32)
-
-
-def _filter_valid(x: Array, taps: np.ndarray) -> Array:
-  """Separable 'valid' filtering of (B, H, W, C) over H and W."""
-  k = len(taps)
-  h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-  x = sum(float(t) * x[:, i:i + h] for i, t in enumerate(taps))
-  return sum(float(t) * x[:, :, i:i + w] for i, t in enumerate(taps))
-
-
-def ssim(x: Array, y: Array, *, data_range: float = 1.0,
-         filter_size: int = 11, sigma: float = 1.5, k1: float = 0.01,
-         k2: float = 0.03) -> Array:
-  """Structural similarity per image (Wang et al. 2004; tf.image.ssim).
-
-  Local statistics use a normalised Gaussian window over 'valid' positions
-  only; the SSIM map is averaged over positions and channels.
-
-  Args:
-    x, y: (B, H, W, C) images, H and W >= filter_size.
-    data_range: peak-to-peak range L of the images.
-    filter_size, sigma: the Gaussian window.
-    k1, k2: stability constants, C1 = (k1 L)^2, C2 = (k2 L)^2.
-
-  Returns:
-    (B,) float32 in [-1, 1]; exactly 1 for identical images.
-  """
-  if min(x.shape[1:3]) < filter_size:
-    raise ValueError(f"ssim: images {x.shape[1:3]} smaller than the "
-                     f"{filter_size}x{filter_size} window")
-  x = x.astype(jnp.float32)
-  y = y.astype(jnp.float32)
-  taps = _gaussian_1d(filter_size, sigma)
-  c1 = (k1 * data_range) ** 2
-  c2 = (k2 * data_range) ** 2
-  mu_x, mu_y = _filter_valid(x, taps), _filter_valid(y, taps)
-  # (Co)variances are shift-invariant: centring each image channel first
-  # keeps E[x^2] - E[x]^2 from cancelling catastrophically in float32 (on a
-  # flat image it would leave ~1e-7, not small next to C2 ~ 1e-3).
-  xc = x - jnp.mean(x, axis=(1, 2), keepdims=True)
-  yc = y - jnp.mean(y, axis=(1, 2), keepdims=True)
-  mu_xc, mu_yc = _filter_valid(xc, taps), _filter_valid(yc, taps)
-  var_x = _filter_valid(xc * xc, taps) - mu_xc * mu_xc
-  var_y = _filter_valid(yc * yc, taps) - mu_yc * mu_yc
-  cov = _filter_valid(xc * yc, taps) - mu_xc * mu_yc
-  lum = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-  cs = (2.0 * cov + c2) / (var_x + var_y + c2)
-  return jnp.mean(lum * cs, axis=(1, 2, 3))
-
-
 def loss_fn(params, images: Array, rng: Array, *,
             tok_cfg: config_lib.BSQConfig,
             objective: TokenizerObjective) -> Tuple[Array, Dict[str, Array]]:
@@ -296,7 +229,8 @@ def loss_fn(params, images: Array, rng: Array, *,
           + objective.commit_weight * commit)
   clamped = jax.lax.stop_gradient(jnp.clip(recon, -1.0, 1.0))
   metrics = dict(loss=loss, l1=l1, l2=l2, commit=commit,
-                 psnr=jnp.mean(psnr(clamped, images, data_range=2.0)),
+                 psnr=jnp.mean(image_metrics.psnr(clamped, images,
+                                                 data_range=2.0)),
                  bit_mean=bit_mean)
   return loss, metrics
 
@@ -350,7 +284,7 @@ def reconstruct(params, images: Array, *, tok_cfg: config_lib.BSQConfig,
     schedule: static (h, w) per scale.
 
   Returns:
-    (B, H*s, W*s, 3) uint8, rounded like `pipeline.to_uint8`.
+    (B, H*s, W*s, 3) uint8, rounded like `sampling.runner.to_uint8`.
   """
   model = bsq_vae.BSQVAE(tok_cfg)
   variables = {"params": params}
@@ -364,7 +298,7 @@ def reconstruct(params, images: Array, *, tok_cfg: config_lib.BSQConfig,
 def _image_metrics(a: Array, b: Array) -> Tuple[Array, Array]:
   a = a.astype(jnp.float32) / 255.0
   b = b.astype(jnp.float32) / 255.0
-  return psnr(a, b), ssim(a, b)
+  return image_metrics.psnr(a, b), image_metrics.ssim(a, b)
 
 
 def _batches(images: np.ndarray, batch_size: int):
@@ -404,7 +338,7 @@ def evaluate(params, images: np.ndarray, *, tok_cfg: config_lib.BSQConfig,
 
   Args:
     params: BSQ VAE params (inner dict).
-    images: (N, S, S, 3) uint8, e.g. `emoji.composite` of held-out RGBA.
+    images: (N, S, S, 3) uint8, e.g. `augment.composite` of held-out RGBA.
     tok_cfg: tokenizer config.
     schedule: the generation schedule (static).
     batch_size: images per jitted call (the last batch is padded, so one
@@ -433,7 +367,7 @@ def load_trained(path: str, tok_cfg: config_lib.BSQConfig,
   Args:
     path: a tokenizer-stage workdir (reads its `export/`), an export folder
       (`<name>.manifest.json`), or an orbax params checkpoint written by
-      `checkpoints.save_params`.
+      `weights.checkpoints.save_params`.
     tok_cfg: the tokenizer config; the tree is checked against its layout.
     name: the export's name.
 
@@ -447,7 +381,7 @@ def load_trained(path: str, tok_cfg: config_lib.BSQConfig,
                                     optax.identity()).params})
   for folder in (root / loop.EXPORT_DIR, root):
     if (folder / f"{name}.manifest.json").exists():
-      tree, _ = weights.load_shards(folder, name, dtype=np.float32)
-      common.check_against(tree, abstract, context=str(folder))
+      tree, _ = shards.load_shards(folder, name, dtype=np.float32)
+      strict.check_against(tree, abstract, context=str(folder))
       return jax.tree.map(jnp.asarray, tree)
   return checkpoints.restore_params(root, abstract, context="tokenizer")

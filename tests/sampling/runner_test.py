@@ -1,0 +1,147 @@
+"""The generate loop (`sampling.runner`) and per-image seeding.
+
+An image depends only on its own key: the same image from a batch of 1 and
+as row 3 of a batch of 5 has identical tokens, with random sampling (top-k
+and top-p off), dense and with a pruned plan (entropy selection, an X
+layer, the SkipVAR branch drop). The runner gives image j the key
+fold_in(PRNGKey(seed), j), so `generate_images` makes the same images at
+any batch size. All on the micro Infinity config (4 scales, 3 layers) with
+a one-level BSQ tokenizer, fp32 CPU.
+"""
+
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toprovar_jax import testing
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.models import transformer
+from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import runner
+from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.sparsity import validation
+from toprovar_jax.weights import loading
+
+_T = 8
+# A stride-1 BSQ VAE: the micro model's 6x6 latent grid is a 6x6 image.
+_TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1,), num_res_blocks=0,
+                            codebook_dim=4)
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  cfg = testing.micro_infinity()
+  params = transformer.init_params(cfg, jax.random.key(0))
+  vae = loading.abstract_tokenizer(cfg, _TOK)
+  rng = np.random.default_rng(1)
+  vae = jax.tree.map(lambda s: jnp.asarray(
+      rng.normal(0, 0.2, s.shape).astype(np.float32)), vae)
+  text = rng.normal(0, 0.3, (5, _T, cfg.text_dim)).astype(np.float32)
+  mask = np.arange(_T)[None] < np.array([[3], [8], [5], [6], [2]])
+  return cfg, params, vae, text * mask[..., None], mask
+
+
+def _sampler(cfg, plan=None):
+  # top_k 0, top_p 0: every token is a random draw from its softmax.
+  return sampler_lib.Sampler(model=cfg, tokenizer=_TOK, plan=plan,
+                             sampling=sampler_lib.SamplingConfig())
+
+
+class ImageKeysTest(absltest.TestCase):
+
+  def test_image_j_gets_fold_in_of_the_seed_key(self):
+    keys = runner.image_keys(7, [0, 3, 12])
+    self.assertEqual(keys.shape, (3,))
+    for key, j in zip(keys, (0, 3, 12)):
+      np.testing.assert_array_equal(
+          jax.random.key_data(key),
+          jax.random.fold_in(jax.random.PRNGKey(7), j))
+    np.testing.assert_array_equal(
+        jax.random.key_data(runner.image_keys(7, [3])[0]),
+        jax.random.key_data(keys[1]))
+
+  def test_padding_rows_repeat_the_last_condition_with_their_own_keys(self):
+    cfg, _, _, text, mask = _setup()
+    cond = conditions_lib.Conditions(text=text[:3], text_mask=mask[:3])
+    keys, arrays = runner.batch_inputs(_sampler(cfg), cond, range(2, 5),
+                                       seed=0)
+    np.testing.assert_array_equal(arrays["text"], text[[2, 2, 2]])
+    np.testing.assert_array_equal(arrays["text_mask"], mask[[2, 2, 2]])
+    np.testing.assert_array_equal(
+        jax.random.key_data(keys),
+        jax.random.key_data(runner.image_keys(0, [2, 3, 4])))
+
+
+class BatchIndependenceTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(("dense", False), ("pruned", True))
+  def test_an_image_is_the_same_alone_and_as_row_3_of_5(self, pruned):
+    cfg, params, _, text, mask = _setup()
+    plan = (validation.validate_plan(testing.probe_sx_plan(cfg), cfg)
+            if pruned else None)
+    smp = _sampler(cfg, plan)
+    g, tau = jnp.float32(3.0), jnp.float32(1.0)
+    # Image 9 alone, with the text of row 3.
+    alone = smp.generate(params, None, runner.image_keys(0, [9]), g, tau,
+                         text=jnp.asarray(text[3:4]),
+                         text_mask=jnp.asarray(mask[3:4]))
+    # Image 9 as row 3 of a batch of 5 other images' keys and texts.
+    batch = smp.generate(params, None, runner.image_keys(0, [4, 5, 6, 9, 8]),
+                         g, tau, text=jnp.asarray(text),
+                         text_mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(batch.tokens[3]),
+                                  np.asarray(alone.tokens[0]))
+    # The other rows are other images (the draws are random).
+    self.assertFalse(np.array_equal(np.asarray(batch.tokens[2]),
+                                    np.asarray(batch.tokens[3])))
+
+  def test_bad_keys_name_the_shape(self):
+    cfg, params, _, text, mask = _setup()
+    with self.assertRaisesRegex(ValueError, r"rng must be \(5,\) typed PRNG "
+                                r"keys .* got key<fry> \(\)"):
+      _sampler(cfg).generate(params, None, jax.random.key(0),
+                             jnp.float32(3.0), jnp.float32(1.0),
+                             text=jnp.asarray(text),
+                             text_mask=jnp.asarray(mask))
+
+
+class GenerateImagesTest(absltest.TestCase):
+
+  def test_same_images_at_any_batch_size(self):
+    cfg, params, vae, text, mask = _setup()
+    cond = conditions_lib.Conditions(text=text[:3], text_mask=mask[:3])
+    smp = _sampler(cfg)
+    kw = dict(seed=4, cfg_scale=3.0, tau=1.0)
+    one = runner.generate_images(smp, params, vae, cond, batch_size=1, **kw)
+    two = runner.generate_images(smp, params, vae, cond, batch_size=2, **kw)
+    self.assertEqual(one.images.shape, (3, 6, 6, 3))
+    self.assertEqual(one.images.dtype, np.uint8)
+    np.testing.assert_array_equal(one.images, two.images)
+    self.assertEqual((two.batches, two.rows), ((0, 0, 1), (0, 1, 0)))
+    self.assertEqual(two.seed, 4)
+    for key in ("compile_generate_s", "compile_decode_s", "generate_s",
+                "decode_s"):
+      self.assertIn(key, two.timings)
+    # Another seed, other images.
+    other = runner.generate_images(smp, params, vae, cond, batch_size=2,
+                                   seed=5, cfg_scale=3.0, tau=1.0)
+    self.assertFalse(np.array_equal(other.images, two.images))
+
+  def test_bad_batch_size_names_the_field(self):
+    cfg, params, vae, text, mask = _setup()
+    cond = conditions_lib.Conditions(text=text, text_mask=mask)
+    with self.assertRaisesRegex(ValueError, "config.sampling.batch_size"):
+      runner.generate_images(_sampler(cfg), params, vae, cond, seed=0,
+                             batch_size=0, cfg_scale=3.0, tau=1.0)
+
+  def test_plan_slug(self):
+    self.assertEqual(runner.plan_slug("a/b c~frequency"), "a_b_c_frequency")
+    self.assertEqual(runner.plan_slug("..."), "plan")
+
+
+if __name__ == "__main__":
+  absltest.main()

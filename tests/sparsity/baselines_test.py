@@ -1,0 +1,67 @@
+"""FastVAR and SkipVAR as plans (SPEC §6)."""
+
+from absl.testing import absltest
+
+from tests.sparsity import small_plans
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.sparsity import baselines
+from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import validation
+
+
+_2B = small_plans.INFINITY_2B
+
+
+class BaselinesTest(absltest.TestCase):
+
+  def test_fastvar_2b(self):
+    plan = baselines.fastvar_plan(_2B)
+    validation.validate_plan(plan, _2B)
+    self.assertEqual(plan.exit_scale, 11)
+    self.assertLen(plan.scales, 11)
+    sparse = "FFF" + "S" * 25 + "FFFF"  # blocks 3..27 of 32
+    self.assertEqual(plan.scales[9].keep, 615)  # 1024 - int(409.6)
+    self.assertEqual(plan.scales[10].keep, 800)
+    for s in (9, 10):
+      sp = plan.scales[s]
+      self.assertEqual(sp.layers, sparse)
+      self.assertEqual((sp.scorer, sp.select, sp.share_cfg, sp.restore,
+                        sp.cache_from),
+                       ("frequency", "sublayer", False, "cached", 8))
+    self.assertEqual(plan.scales[8].layers, "F" * 32)  # the 24x24 cache
+
+  def test_fastvar_scales_layer_range(self):
+    self.assertEqual(baselines.fastvar_layer_range(32), (3, 28))
+    self.assertEqual(baselines.fastvar_layer_range(40), (4, 35))
+    cfg = config_lib.get_variant("infinity_8b")
+    plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
+    self.assertEqual(plan.scales[9].layers, "F" * 4 + "S" * 31 + "F" * 5)
+
+  def test_fastvar_rejects_other_schedules(self):
+    with self.assertRaisesRegex(
+        plan_lib.PlanError,
+        r"^plan 'fastvar', field 'schedule': FastVAR is defined only for "
+        r"the 13-scale 1:1 1M Infinity schedule"):
+      baselines.fastvar_plan(config_lib.get_variant("var_d16"))
+
+  def test_skipvar(self):
+    plan = baselines.skipvar_plan(_2B, skip_scales=2, drop_uncond_from=10)
+    validation.validate_plan(plan, _2B)
+    self.assertEqual(plan.exit_scale, 11)
+    self.assertEqual([sp.guidance for sp in plan.scales],
+                     [True] * 10 + [False])
+
+  def test_skipvar_action_names(self):
+    plan = baselines.skipvar_action_plan("skipvar_skip2_uncond10", _2B)
+    self.assertEqual(plan, validation.validate_plan(baselines.skipvar_plan(
+        _2B, skip_scales=2, drop_uncond_from=10), _2B))
+    self.assertEqual(plan.name, "skipvar_skip2_uncond10")
+    self.assertEqual(baselines.skipvar_action_plan("skipvar_skip1", _2B).name,
+                     "skipvar_skip1")
+    self.assertIsNone(baselines.skipvar_action_plan("dense", _2B))
+    with self.assertRaisesRegex(plan_lib.PlanError, "skip_scales=13"):
+      baselines.skipvar_action_plan("skipvar_skip13", _2B)
+
+
+if __name__ == "__main__":
+  absltest.main()
