@@ -19,6 +19,7 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import reschedule
 from toprovar_jax.sparsity import validation
 
 # A named plan is a bare file stem; anything else is treated as a path, so a
@@ -79,5 +80,7 @@ def load_plan(spec: Union[str, os.PathLike],
   except OSError as e:
     raise plan_lib.PlanError(f"cannot read plan file {str(path)!r}: {e}",
                              field="plan") from None
-  return validation.validate_plan(codec.plan_from_json(text), cfg)
+  # Made for another h/w at the same budget: mapped (reschedule.map_plan).
+  plan = reschedule.map_plan(codec.plan_from_json(text), cfg)
+  return validation.validate_plan(plan, cfg)
 
