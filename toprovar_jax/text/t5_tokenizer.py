@@ -12,7 +12,7 @@ Two readers, in this order:
 * `tokenizer.json` with `tokenizers` (the `text` extra): the file's own
   padding and truncation settings are switched off (they are not the
   official call's) and the cap is applied here.
-* `spiece.model` with `sentencepiece` (the `t5` extra), for folders without
+* `spiece.model` with `sentencepiece` (the `text` extra), for folders without
   a `tokenizer.json`: pieces as `T5Tokenizer(legacy=True)` makes them, then
   `</s>` appended.
 
@@ -81,7 +81,7 @@ class T5Tokenizer:
         import sentencepiece  # pylint: disable=g-import-not-at-top
       except ImportError as e:
         raise ImportError("reading spiece.model needs the `sentencepiece` "
-                          "package: pip install -e .[t5]") from e
+                          "package: pip install -e .[text]") from e
       self._json = None
       self._spm = sentencepiece.SentencePieceProcessor(
           model_file=str(spiece_path))
