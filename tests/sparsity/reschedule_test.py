@@ -52,7 +52,7 @@ class RescheduleTest(absltest.TestCase):
 
   def test_builtin_plans_are_remade(self):
     cfg = config_lib.at_resolution(_2B, 0.333, "0.60M")
-    for spec in ("dense", "fastvar"):
+    for spec in ("dense", "fastvar", "skipvar_skip2_uncond8"):
       self.assertEqual(named.load_plan(spec, cfg).schedule, cfg.schedule)
 
 

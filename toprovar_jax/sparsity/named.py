@@ -46,8 +46,9 @@ def load_plan(spec: Union[str, os.PathLike],
   """Resolves `config.sparsity.plan` into a validated plan (SPEC §9).
 
   Args:
-    spec: 'dense', 'fastvar', a path to a plan JSON file, or the name of a
-      plan shipped under `plans_dir()` (e.g. 'infinity_2b_paper').
+    spec: 'dense', 'fastvar', a SkipVAR action 'skipvar_skipK[_uncondS]',
+      a path to a plan JSON file, or the name of a plan shipped under
+      `plans_dir()` (e.g. 'infinity_2b_paper').
     cfg: the model; the plan is validated against it.
 
   Returns:
@@ -66,6 +67,10 @@ def load_plan(spec: Union[str, os.PathLike],
         "'skipvar' chooses its suffix plan per image at run time; "
         "it is not one static plan (see baselines.skipvar_plan)",
         field="plan")
+  # SkipVAR actions ('skipvar_skipK[_uncondS]'), built for any schedule.
+  action = baselines.skipvar_action_plan(spec_str, cfg)
+  if action is not None:
+    return action
   path = pathlib.Path(spec_str)
   if not (path.suffix == ".json" or os.sep in spec_str or path.exists()):
     if not _PLAN_NAME_RE.match(spec_str):
