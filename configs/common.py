@@ -123,7 +123,9 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
                     prompts: Sequence[str] = INFINITY_PROMPTS,
                     text_len: int = INFINITY_TEXT_LEN,
                     plan: str = "dense", ckpt_dir: str = "",
-                    dtype: str = "float32") -> ml_collections.ConfigDict:
+                    dtype: str = "float32", t5_dir: str = "",
+                    h_div_w: float = 1.0,
+                    pixels: str = "") -> ml_collections.ConfigDict:
   """The full generation config for one model variant (locked).
 
   Args:
@@ -137,6 +139,11 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
     ckpt_dir: '' (random init) or a folder holding orbax `transformer/` and
       `tokenizer/` checkpoints (`toprovar_jax.checkpoints`).
     dtype: transformer compute dtype.
+    t5_dir: a Flan-T5 folder (config.json, weights, tokenizer) whose
+      features condition an Infinity model; '' = placeholder features.
+    h_div_w, pixels: an official Infinity h/w template and pixel budget
+      ('0.06M' | '0.25M' | '0.60M' | '1M'); pixels '' keeps the variant's
+      own schedule.
 
   Returns:
     A locked ConfigDict; values may still be overridden, keys not added.
@@ -149,6 +156,11 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.model.variant = variant
   # Transformer compute dtype: 'float32' (parity) or 'bfloat16'.
   config.model.dtype = dtype
+  if style == "infinity":
+    # Official h/w template and pixel budget (models.config.at_resolution);
+    # pixels '' = the variant's own schedule.
+    config.model.h_div_w = float(h_div_w)
+    config.model.pixels = pixels
 
   config.sampling = ml_collections.ConfigDict()
   # Keep the k largest logits (0 = off, 1 = greedy; ≥ 2 is a no-op on bits).
@@ -183,6 +195,10 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.labels = tuple(labels)
   # Prompts, one image each (Infinity; ignored by VAR).
   config.sampling.prompts = tuple(prompts)
+  if style == "infinity":
+    # Flan-T5 folder of the prompt features; '' = placeholder features
+    # (reported as such in results.json).
+    config.sampling.t5_dir = t5_dir
 
   config.sparsity = ml_collections.ConfigDict()
   # 'dense' | 'fastvar' | a plan shipped under toprovar_jax/sparsity/plans/ |
@@ -230,13 +246,16 @@ def dtype_name(bf16: bool) -> str:
 def size_config(variant: str, arg: Optional[str], *, batch_size: int,
                 **sampling_overrides: Any) -> ml_collections.ConfigDict:
   """The config of one model size: the shared `:plan,batch_size,ckpt_dir,bf16`
-  arguments plus the style's sampling defaults (VAR_SAMPLING /
-  INFINITY_SAMPLING) with per-size overrides."""
+  arguments (Infinity also `t5_dir`, `h_div_w`, `pixels`) plus the style's
+  sampling defaults (VAR_SAMPLING / INFINITY_SAMPLING) with per-size
+  overrides."""
+  infinity = model_style(variant) == "infinity"
+  text_args = dict(t5_dir="", h_div_w=1.0, pixels="") if infinity else {}
   parsed = parse_arg(arg, plan="dense", batch_size=batch_size, ckpt_dir="",
-                     bf16=False)
+                     bf16=False, **text_args)
   sampling = dict(sampling_defaults(variant), **sampling_overrides)
-  extra = ({"text_len": INFINITY_TEXT_LEN}
-           if model_style(variant) == "infinity" else {})
+  extra = ({"text_len": INFINITY_TEXT_LEN,
+            **{k: parsed[k] for k in text_args}} if infinity else {})
   return get_base_config(
       variant=variant, batch_size=parsed.batch_size, plan=parsed.plan,
       ckpt_dir=parsed.ckpt_dir, dtype=dtype_name(parsed.bf16), **extra,

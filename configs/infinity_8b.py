@@ -4,19 +4,21 @@ Weights: the official checkpoint converted to orbax
 (`<ckpt_dir>/transformer`, `<ckpt_dir>/tokenizer`); without `ckpt_dir` the
 run uses random parameters and says so in its logs and results.json.
 
-Text: until the Flan-T5 encoder lands, prompts become deterministic
-placeholder features (`toprovar_jax.pipeline.placeholder_text_features`),
-reported as such in results.json; images then do not follow the prompt.
+Text: Flan-T5 features from `t5_dir`, else labelled placeholder features,
+exactly as in configs/infinity_2b.py.
 
 Arguments after the colon (typed, `configs/common.py:parse_arg`):
   plan=dense        'dense' | 'fastvar' | named plan | plan JSON path.
   batch_size=2      samples per generate call.
   ckpt_dir=''       folder holding the converted orbax checkpoints.
   bf16              bare word: bfloat16 transformer compute.
+  t5_dir=''         the Flan-T5 folder ('' = placeholder text features).
+  h_div_w=1.0       one of the 15 official h/w templates (0.333 ... 3.0).
+  pixels=''         '0.06M' | '0.25M' | '0.60M' | '1M' ('' = 1M).
 
 Launch:
   python -m experiments.generate \
-    --config=configs/infinity_8b.py:plan=dense,ckpt_dir=/ckpts/infinity_8b \
+    --config=configs/infinity_8b.py:plan=dense,ckpt_dir=/ckpts/infinity_8b,t5_dir=/ckpts/flan-t5-xl \
     --config.sampling.cfg_scale=4.0 \
     --config.sampling.prompts="('a red fox in snow', 'a lighthouse')" \
     --workdir=/tmp/infinity_8b_dense

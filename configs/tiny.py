@@ -12,6 +12,10 @@ Arguments after the colon (typed, `configs/common.py:parse_arg`):
                     plans are written for full-size schedules).
   batch_size=2      samples per generate call.
   ckpt_dir=''       folder holding orbax `transformer/` and `tokenizer/`.
+  t5_dir=''         infinity_tiny: a Flan-T5 folder of width 256 for the
+                    prompt features ('' = placeholder features).
+  h_div_w=1.0       infinity_tiny: official h/w template ...
+  pixels=''         ... and budget ('0.06M' is its own schedule's size).
 
 Launch:
   python -m experiments.generate \
@@ -28,13 +32,14 @@ _TINY_MODELS = ("var_tiny", "infinity_tiny")
 def get_config(arg=None):
   """Returns the locked config of a tiny model (see module docstring)."""
   arg = common.parse_arg(arg, model="var_tiny", plan="dense", batch_size=2,
-                         ckpt_dir="")
+                         ckpt_dir="", t5_dir="", h_div_w=1.0, pixels="")
   if arg.model not in _TINY_MODELS:
     raise ValueError(f"config arg 'model': {arg.model!r} is not a tiny "
                      f"model; known: {list(_TINY_MODELS)}")
   config = common.get_base_config(
       variant=arg.model, batch_size=arg.batch_size, plan=arg.plan,
-      ckpt_dir=arg.ckpt_dir,
+      ckpt_dir=arg.ckpt_dir, t5_dir=arg.t5_dir, h_div_w=arg.h_div_w,
+      pixels=arg.pixels,
       # Two conditions, one batch: the smallest run that exercises CFG
       # batch doubling and per-row sampling.
       labels=(207, 88), prompts=("a red apple", "a small blue car"),

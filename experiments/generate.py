@@ -55,7 +55,7 @@ def main(argv):
                [s.resolved_plan.name for s in samplers],
                conditions.num_samples, workdir)
   if conditions.text_features == features.PLACEHOLDER_TEXT:
-    logging.warning("Text features are %s (no T5 encoder yet): images do not "
+    logging.warning("Text features are %s (no t5_dir= given): images do not "
                     "follow the prompts.", conditions.text_features)
 
   t0 = time.perf_counter()

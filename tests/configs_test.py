@@ -88,6 +88,55 @@ class ConfigFilesTest(parameterized.TestCase):
       _parse_flags(f"--config={_TINY}", "--config.sampling.batch_size=two")
 
 
+class InfinityTextAndResolutionTest(absltest.TestCase):
+
+  def test_t5_dir_and_resolution_reach_the_run(self):
+    # A Flan-T5 of the 2B's text width (2048) with a tiny rest; no
+    # transformer parameters are made (the Sampler is static).
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from tests.text import flan_t5_test  # pylint: disable=g-import-not-at-top
+    t5_dir = flan_t5_test.write_folder(tempfile.mkdtemp(), d_model=2048)
+    config = _get_config("infinity_2b", f"t5_dir={t5_dir},h_div_w=1.5,"
+                         "pixels=0.25M")
+    self.assertEqual((config.model.h_div_w, config.model.pixels),
+                     (1.5, "0.25M"))
+    sampler = pipeline.sampler_from_config(config)
+    self.assertEqual(sampler.model.schedule[-1], (39, 26))
+    self.assertEqual(sampler.model.rope_grid, (78, 52))
+    config.sampling.prompts = ("a red fox in snow", "a")
+    cond = pipeline.conditions_from_config(config, sampler)
+    self.assertEqual(cond.text_features, f"flan-t5:{t5_dir.name}")
+    self.assertEqual(cond.text.shape, (2, 512, 2048))
+    self.assertEqual(cond.text_lengths, (6, 2))
+    enc = features.flan_t5_encoder(str(t5_dir))
+    np.testing.assert_array_equal(cond.text[1, :2],
+                                  enc.encode(["a"])[0][0])
+    # Without t5_dir: placeholder features, labelled as such.
+    plain = _get_config("infinity_2b")
+    self.assertEqual(plain.sampling.t5_dir, "")
+    self.assertEqual(pipeline.conditions_from_config(
+        plain, pipeline.sampler_from_config(plain)).text_features,
+                     features.PLACEHOLDER_TEXT)
+
+  def test_a_t5_of_another_width_is_named(self):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from tests.text import flan_t5_test  # pylint: disable=g-import-not-at-top
+    t5_dir = flan_t5_test.write_folder(tempfile.mkdtemp(), d_model=32)
+    config = _get_config("infinity_8b", f"t5_dir={t5_dir}")
+    with self.assertRaisesRegex(ValueError, r"^config.sampling.t5_dir: .* is "
+                                r"a T5 of width 32, the model reads text "
+                                r"features of width 2048"):
+      pipeline.conditions_from_config(config,
+                                      pipeline.sampler_from_config(config))
+
+  def test_bad_resolution_is_named(self):
+    with self.assertRaisesRegex(ValueError, "^model.h_div_w: 1.1 is not"):
+      pipeline.sampler_from_config(_get_config("infinity_2b",
+                                               "h_div_w=1.1,pixels=1M"))
+    with self.assertRaisesRegex(ValueError, "unknown key 't5_dir'"):
+      _get_config("var_d16", "t5_dir=/x")
+
+
 class ParseArgTest(absltest.TestCase):
 
   def test_typed_values(self):

@@ -27,6 +27,63 @@ def _cli(path):
   return proc.returncode, json.loads(last), proc.stderr
 
 
+_GOLDEN = _REPO / "tests" / "golden"
+
+
+class Infinity8BLayoutTest(absltest.TestCase):
+  """tests/golden/infinity_8b_tiny: the official code on a tiny 8B-style
+  model (2x2 patchify, 56-bit tokens, 14-bit stride-8 BSQ VAE, h/w 1.5
+  template), made by scripts/oracle/infinity_8b_tiny.py."""
+
+  def test_check_parity_passes(self):
+    rc, out, err = _cli(_GOLDEN / "infinity_8b_tiny.npz")
+    self.assertEqual(rc, 0, msg=err[-3000:])
+    self.assertTrue(out["pass"])
+    self.assertEqual(set(out["checks"]), {
+        "param_count", "rope_positions", "vae_param_count", "vae_h",
+        "vae_bits", "vae_z", "vae_img_rec", "sample_logits_guided",
+        "sample_argmax", "sample_summed_codes", "sample_img"})
+    self.assertEqual(out["checks"]["sample_argmax"]["compared"], 2 * 89 * 56)
+
+  def test_another_patchify_bit_order_fails(self):
+    # Token bit 4c + 2i + j is latent bit c at (2h + i, 2w + j): the stored
+    # bits sum to the official codes only in that order, not as (i, j, c).
+    from toprovar_jax.sampling import latents  # pylint: disable=g-import-not-at-top
+    _, arrays, meta = parity.load(_GOLDEN / "infinity_8b_tiny.npz")
+    cfg, _ = parity.infinity_configs(meta)
+    bits = arrays["sample/bits"]
+    b, l, _ = bits.shape
+    swapped = bits.reshape(b, l, 14, 4).transpose(0, 1, 3, 2).reshape(b, l, 56)
+    acc = latents.InfinityLatents(cfg)
+    off = cfg.scale_offsets
+    ref = arrays["sample/summed_codes"].transpose(0, 2, 3, 1)
+    errs = []
+    for order in (bits, swapped):
+      s = acc.init(b)
+      for si in range(cfg.num_scales):
+        s = acc.add(None, s, order[:, off[si]:off[si + 1]], si)
+      errs.append(float(np.abs(np.asarray(s) - ref).max()))
+    self.assertLess(errs[0], 1e-5)
+    self.assertGreater(errs[1], 0.1)
+
+  def test_rope_of_every_official_template(self):
+    from toprovar_jax.models import config as config_lib  # pylint: disable=g-import-not-at-top
+    from toprovar_jax.models import layers  # pylint: disable=g-import-not-at-top
+    with np.load(_GOLDEN / "infinity_8b_tiny.npz") as z:
+      official = {k.split("/")[1]: z[k] for k in z.files
+                  if k.startswith("rope_1m/")}
+    self.assertLen(official, 15)
+    base = config_lib.get_variant("infinity_2b")
+    for ratio in config_lib.infinity_templates():
+      cfg = config_lib.at_resolution(base, ratio, "1M")
+      np.testing.assert_array_equal(layers.rope_positions(cfg),
+                                    official[f"{ratio:g}"], err_msg=ratio)
+
+  def test_golden_files_stay_small(self):
+    total = sum(p.stat().st_size for p in _GOLDEN.glob("infinity_8b_tiny*"))
+    self.assertLessEqual(total, 2 * 1024 * 1024)
+
+
 class CheckParityCliTest(parameterized.TestCase):
 
   @parameterized.named_parameters(("var", "var_tiny"),

@@ -6,6 +6,7 @@ past this module sees a ConfigDict, and nothing here parses flags, prints or
 writes files.
 
   plan_specs              config.sparsity.plan + .compare -> plan specs
+  model_from_config       config.model -> the variant at its resolution
   samplers_from_config    ConfigDict -> one Sampler per plan (validated)
   conditions_from_config  labels / prompts -> Conditions (validated)
   params_from_config      config.ckpt -> weights (`weights.loading`)
@@ -75,6 +76,21 @@ def _validate_sampling(config, model: config_lib.TransformerConfig) -> None:
             f"{model.name} (its cfg_uncond rows), got {s.text_len}")
 
 
+def model_from_config(config) -> config_lib.TransformerConfig:
+  """The variant of `config.model.variant`, at `config.model.h_div_w` /
+  `config.model.pixels` when pixels is set (Infinity; `at_resolution`).
+
+  Raises:
+    ValueError: unknown variant, ratio or budget (names the field).
+  """
+  model = config_lib.get_variant(config.model.variant)
+  pixels = config.model.get("pixels", "")
+  if pixels:
+    model = config_lib.at_resolution(model, config.model.get("h_div_w", 1.0),
+                                     pixels)
+  return model
+
+
 def plan_specs(config) -> Tuple[str, ...]:
   """`config.sparsity.plan`, then each spec of `config.sparsity.compare`.
 
@@ -115,7 +131,7 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
       message names the scale and field, and `config.sparsity.compare[i]`
       for the compared plans.
   """
-  model = config_lib.get_variant(config.model.variant)
+  model = model_from_config(config)
   _validate_sampling(config, model)
   sampling = sampler_lib.SamplingConfig(
       top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
@@ -160,7 +176,8 @@ def conditions_from_config(config, sampler: sampler_lib.Sampler
   s = config.sampling
   return conditions_lib.make_conditions(
       sampler.model, labels=tuple(s.labels), prompts=tuple(s.prompts),
-      num_samples=s.num_samples, text_len=s.text_len)
+      num_samples=s.num_samples, text_len=s.text_len,
+      t5_dir=s.get("t5_dir", ""))
 
 
 def params_from_config(config, rng: jax.Array
@@ -170,7 +187,7 @@ def params_from_config(config, rng: jax.Array
   Returns:
     (params, vae_params, source); see `loading.load_or_init`.
   """
-  model = config_lib.get_variant(config.model.variant)
+  model = model_from_config(config)
   return loading.load_or_init(
       model, config_lib.get_tokenizer(model.name),
       transformer_path=config.ckpt.transformer,

@@ -21,6 +21,26 @@ class MakeConditionsTest(absltest.TestCase):
     self.assertEqual(cond.truncated, (True,))
     self.assertTrue(cond.text_mask.all())
 
+  def test_t5_prompts_are_capped_at_512_with_a_warning(self):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from tests.text import flan_t5_test  # pylint: disable=g-import-not-at-top
+    t5_dir = flan_t5_test.write_folder(tempfile.mkdtemp(), d_model=32)
+    model = config_lib.replace(config_lib.get_variant("infinity_tiny"),
+                               text_dim=32, text_pool_heads=1)
+    long = "a red fox " * 200  # 600 pieces + </s>
+    with self.assertLogs(level="WARNING") as logs:
+      cond = conditions_lib.make_conditions(
+          model, prompts=(long, "a"), text_len=512, t5_dir=str(t5_dir))
+    self.assertIn("sampling.prompts[0] has 601 tokens, more than "
+                  "sampling.text_len=512; truncated", "".join(logs.output))
+    self.assertEqual(cond.text_lengths, (512, 2))
+    self.assertEqual(cond.truncated, (True, False))
+    self.assertEqual(cond.text_features, f"flan-t5:{t5_dir.name}")
+    self.assertEqual(cond.text.shape, (2, 512, 32))
+    self.assertTrue(cond.text_mask[0].all())
+    self.assertEqual(cond.text_mask[1].sum(), 2)
+    self.assertFalse(cond.text[1, 2:].any())
+
   def test_num_samples_cycles_conditions(self):
     model = config_lib.get_variant("var_tiny")
     cond = conditions_lib.make_conditions(model, labels=(1, 2), num_samples=5)

@@ -41,8 +41,26 @@ class BaselinesTest(absltest.TestCase):
     with self.assertRaisesRegex(
         plan_lib.PlanError,
         r"^plan 'fastvar', field 'schedule': FastVAR is defined only for "
-        r"the 13-scale 1:1 1M Infinity schedule"):
+        r"the official Infinity h/w templates .*; model 'var_d16' has a "
+        r"custom schedule \(10 scales, last 16x16\)"):
       baselines.fastvar_plan(config_lib.get_variant("var_d16"))
+
+  def test_fastvar_is_remade_for_other_templates(self):
+    # 1.5 at 1M: the same scale positions as 1:1 (prune 9, 10; cache 8).
+    cfg = config_lib.at_resolution(_2B, 1.5, "1M")
+    plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
+    self.assertEqual((plan.exit_scale, plan.scales[9].cache_from), (11, 8))
+    self.assertEqual(plan.scales[9].keep, 39 * 26 - int(39 * 26 * 0.4))
+    self.assertEqual(plan.scales[10].keep, 48 * 32 - int(48 * 32 * 0.5))
+    # 0.25M (10 scales): by position from the end.
+    cfg = config_lib.at_resolution(_2B, 0.5, "0.25M")
+    plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
+    self.assertEqual(plan.exit_scale, 8)
+    self.assertEqual([sp.scorer for sp in plan.scales],
+                     ["none"] * 6 + ["frequency"] * 2)
+    self.assertEqual(plan.scales[6].cache_from, 5)
+    self.assertEqual(cfg.schedule[6], (11, 22))
+    self.assertEqual(plan.scales[6].keep, 242 - int(242 * 0.4))
 
   def test_skipvar(self):
     plan = baselines.skipvar_plan(_2B, skip_scales=2, drop_uncond_from=10)

@@ -46,13 +46,16 @@ class ValidationTest(parameterized.TestCase):
     self.assertPlanError(
         _plan(schedule=((1, 1), (3, 3), (4, 4))),
         "plan 'p', scale 1, field 'schedule': plan has [3, 3], model "
-        "'plan_test' has [2, 2]")
+        "'plan_test' has [2, 2] (the plan was made for a custom schedule (3 "
+        "scales, last 4x4), the model runs a custom schedule (3 scales, last "
+        "4x4))")
 
   def test_schedule_length(self):
     self.assertPlanError(
         _plan(schedule=((1, 1), (2, 2))),
         "plan 'p', field 'schedule': plan has 2 scales, model 'plan_test' "
-        "has 3")
+        "has 3 (the plan was made for a custom schedule (2 scales, last 2x2), "
+        "the model runs a custom schedule (3 scales, last 4x4))")
 
   def test_schedule_must_be_tuples(self):
     self.assertPlanError(

@@ -248,3 +248,42 @@ def load_params(path: PathLike,
   """
   sd = load_encoder_state_dict(path)
   return convert_state_dict(sd, config or config_from_state_dict(sd))
+
+
+def load_encoder_state_dict_bin(files) -> Dict[str, np.ndarray]:
+  """Reads the encoder tensors of `pytorch_model*.bin` files (torch).
+
+  The files are untrusted pickles: they are opened with
+  `torch.load(weights_only=True, mmap=True)`, which refuses anything but
+  tensors and plain containers, and tensors are memory-mapped, so
+  `decoder.*` and `lm_head.weight` are never copied.
+
+  Args:
+    files: the `.bin` paths (one file, or the shards of an index).
+
+  Returns:
+    {HF name: float32 / float16 numpy array} (bf16 is cast to float32).
+
+  Raises:
+    ImportError: torch is missing (names the `convert` extra).
+    ValueError: a file needs more than `weights_only` (names the file).
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("reading pytorch_model*.bin needs torch: "
+                      "pip install -e .[convert]") from e
+  out = {}
+  for fname in files:
+    try:
+      sd = torch.load(str(fname), map_location="cpu", weights_only=True,
+                      mmap=True)
+    except Exception as e:  # pickle.UnpicklingError and friends
+      raise ValueError(f"{fname}: not a plain tensor file that "
+                       f"torch.load(weights_only=True) accepts ({e})") from e
+    for key, value in sd.items():
+      if is_encoder_key(key):
+        if value.dtype == torch.bfloat16:
+          value = value.float()
+        out[key] = value.numpy().copy()
+  return out

@@ -64,6 +64,83 @@ def infinity_rope_grid(schedule: Schedule) -> Tuple[int, int]:
       f"schedule: {schedule} is not a prefix of any Infinity 1M template")
 
 
+# Official pixel budgets: how many scales of a 1M template each one uses
+# (`dynamic_resolution_h_w[h_div_w][pn]`, ARCHITECTURES B.5).
+INFINITY_BUDGETS = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
+
+
+def infinity_templates() -> dict:
+  """All 15 official h/w templates, {h_div_w: 1M schedule}.
+
+  The 8 of `INFINITY_TEMPLATES_1M` plus the transposes of the 7 non-square
+  ones, keyed as the official code keys them (int(1000 / r) / 1000: 0.8,
+  0.75, 0.666, 0.571, 0.5, 0.4, 0.333).
+  """
+  out = {}
+  for ratio, tpl in INFINITY_TEMPLATES_1M.items():
+    out[ratio] = tpl
+    if ratio != 1.0:
+      out[int(1 / ratio * 1000) / 1000] = tuple((w, h) for h, w in tpl)
+  return dict(sorted(out.items()))
+
+
+def infinity_schedule(h_div_w: float, pixels: str
+                      ) -> Tuple[Schedule, Tuple[int, int]]:
+  """(schedule, rope_grid) of an official h/w template at a pixel budget.
+
+  RoPE positions of every budget are rescaled onto the template's last 1M
+  grid, as the official star-style table does (ARCHITECTURES B.3).
+
+  Args:
+    h_div_w: one of the 15 template ratios (within 0.002, so 2/3 names
+      0.666).
+    pixels: '0.06M' | '0.25M' | '0.60M' | '1M'.
+
+  Raises:
+    ValueError: an unknown ratio or budget (names the field, lists the
+      official values).
+  """
+  if pixels not in INFINITY_BUDGETS:
+    raise ValueError(f"model.pixels: {pixels!r} is not an official budget; "
+                     f"known: {list(INFINITY_BUDGETS)}")
+  templates = infinity_templates()
+  ratio = min(templates, key=lambda r: abs(r - float(h_div_w)))
+  if abs(ratio - float(h_div_w)) > 2e-3:
+    raise ValueError(f"model.h_div_w: {h_div_w} is not an official h/w "
+                     f"template; known: {list(templates)}")
+  tpl = templates[ratio]
+  return tpl[:INFINITY_BUDGETS[pixels]], tpl[-1]
+
+
+def describe_schedule(schedule: Schedule) -> str:
+  """'h/w 1.5 at 0.25M (10 scales, last 39x26)' for an official template
+  prefix, else 'a custom schedule (S scales, last hxw)'."""
+  schedule = tuple(tuple(int(v) for v in hw) for hw in schedule)
+  last = f"{len(schedule)} scales, last {schedule[-1][0]}x{schedule[-1][1]}"
+  for ratio, tpl in infinity_templates().items():
+    for pixels, n in INFINITY_BUDGETS.items():
+      if tpl[:n] == schedule:
+        return f"h/w {ratio:g} at {pixels} ({last})"
+  return f"a custom schedule ({last})"
+
+
+def at_resolution(cfg: "TransformerConfig", h_div_w: float,
+                  pixels: str) -> "TransformerConfig":
+  """An Infinity variant at another official h/w template and budget.
+
+  The parameters do not depend on the schedule (RoPE is computed, the
+  level embedding has 15 rows), so the variant's weights run unchanged.
+
+  Raises:
+    ValueError: a VAR variant, or see `infinity_schedule`.
+  """
+  if cfg.style != "infinity":
+    raise ValueError(f"model.pixels: {cfg.name} is a VAR model; only "
+                     "Infinity variants take h_div_w / pixels")
+  schedule, grid = infinity_schedule(h_div_w, pixels)
+  return dataclasses.replace(cfg, schedule=schedule, rope_grid=grid)
+
+
 def square_schedule(sides) -> Schedule:
   return tuple((int(p), int(p)) for p in sides)
 

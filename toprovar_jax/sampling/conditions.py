@@ -37,8 +37,8 @@ class Conditions:
     text_mask: (N, T) bool, True = real token (Infinity) or None.
     text_lengths: tokens kept per prompt (after truncation).
     truncated: per prompt, whether it was cut to T.
-    text_features: what made `text` ('all-MiniLM-L6-v2' or
-      'placeholder_text_features'), or '' (VAR).
+    text_features: what made `text` ('flan-t5:<folder>',
+      'all-MiniLM-L6-v2' or 'placeholder_text_features'), or '' (VAR).
   """
   labels: Optional[np.ndarray] = None
   prompts: Tuple[str, ...] = ()
@@ -62,7 +62,8 @@ def _cycle(items: Sequence[Any], num_samples: int) -> list:
 
 def make_conditions(model: config_lib.TransformerConfig, *,
                     labels: Sequence[int] = (), prompts: Sequence[str] = (),
-                    num_samples: int = 0, text_len: int = 0) -> Conditions:
+                    num_samples: int = 0, text_len: int = 0,
+                    t5_dir: str = "") -> Conditions:
   """Validates labels (VAR) or prompts (Infinity) and builds the inputs.
 
   Args:
@@ -74,6 +75,8 @@ def make_conditions(model: config_lib.TransformerConfig, *,
     num_samples: images in all; 0 = one per condition, else the conditions
       are cycled.
     text_len: static padded text length T (Infinity).
+    t5_dir: a Flan-T5 folder; '' = the model's own encoder (MiniLM for the
+      emoji models, else placeholder features).
 
   Returns:
     Conditions with `num_samples` rows.
@@ -105,7 +108,10 @@ def make_conditions(model: config_lib.TransformerConfig, *,
       raise field_error(f"sampling.prompts[{i}]", f"{p!r} is not a string")
   # Features and warnings per listed prompt, not per (cycled) sample.
   encoder = features.text_encoder_name(model)
-  if encoder == features.MINILM_TEXT:
+  if t5_dir:
+    feats, counts, encoder = features.t5_text_features(
+        prompts, t5_dir=t5_dir, text_dim=model.text_dim, text_len=text_len)
+  elif encoder == features.MINILM_TEXT:
     feats, counts = features.minilm_text_features(prompts, text_len=text_len)
   else:
     counts = [features.placeholder_token_count(p) for p in prompts]

