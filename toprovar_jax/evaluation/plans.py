@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
@@ -132,8 +133,10 @@ def make_conditions(model: config_lib.TransformerConfig,
   try:
     return conditions_lib.make_conditions(
         model, num_samples=num_samples, text_len=text_len, **kwargs)
-  except ValueError as e:
-    raise ValueError(f"--prompts: {e}") from None
+  except ValueError as e:  # 'config.sampling.labels[i]: ...' -> 'line i+1'
+    message = re.sub(r"config\.sampling\.(labels|prompts)\[(\d+)\]",
+                     lambda m: f"line {int(m.group(2)) + 1}", str(e))
+    raise ValueError(f"--prompts: {message}") from None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -5,16 +5,18 @@ feature sets, as FID computes it on Inception features:
 
   d² = |μ_a − μ_b|² + tr Σ_a + tr Σ_b − 2 tr (Σ_a Σ_b)^{1/2}
 
-Here it is computed without a matrix square root. With centred, scaled
-samples A = (X_a − μ_a)ᵀ / √(N_a − 1) (D × N_a), so Σ_a = A Aᵀ, and B alike,
-the non-zero eigenvalues of Σ_a Σ_b = A Aᵀ B Bᵀ are those of
-(AᵀB)(AᵀB)ᵀ, hence
+Here it is computed without a matrix square root. For any factors with
+Σ_a = F_a F_aᵀ and Σ_b = F_b F_bᵀ, the non-zero eigenvalues of
+Σ_a Σ_b = F_a F_aᵀ F_b F_bᵀ are those of (F_aᵀF_b)(F_aᵀF_b)ᵀ, hence
 
-  tr (Σ_a Σ_b)^{1/2} = Σ_i sqrt(λ_i((AᵀB)(AᵀB)ᵀ)) = ‖AᵀB‖_*
+  tr (Σ_a Σ_b)^{1/2} = Σ_i sqrt(λ_i((F_aᵀF_b)(F_aᵀF_b)ᵀ)) = ‖F_aᵀF_b‖_*
 
-the nuclear norm (sum of singular values) of the N_a × N_b matrix AᵀB. It is
-exact, needs no scipy, costs O(N_a N_b D), and stays real and non-negative
-when N ≪ D (singular covariances), which is the usual case in this project.
+the nuclear norm (sum of singular values) of F_aᵀF_b. With the centred,
+scaled samples A = (X_a − μ_a)ᵀ / √(N_a − 1) (D × N_a), Σ_a = A Aᵀ, and the
+thin QR Aᵀ = Q R gives the compact factor F_a = Rᵀ (D × min(N_a, D)), so
+F_aᵀF_b is at most min(N, D) square whatever N is. It is exact, needs no
+scipy, and stays real and non-negative when N ≪ D (singular covariances),
+the usual case in this project.
 
 Small-sample caveat: the plug-in estimate is biased (upward, by O(tr Σ / N))
 and its covariances have rank ≤ N − 1, so a value is only comparable with
@@ -65,10 +67,11 @@ def frechet_distance(features_a: np.ndarray,
   if len(a) < 2 or len(b) < 2:
     return None
   mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-  ca = (a - mu_a).T / np.sqrt(len(a) - 1)  # (D, N_a): Σ_a = ca caᵀ
-  cb = (b - mu_b).T / np.sqrt(len(b) - 1)
-  # tr Σ = ‖c‖_F²; tr (Σ_a Σ_b)^{1/2} = ‖caᵀ cb‖_*.
-  cross = np.linalg.svd(ca.T @ cb, compute_uv=False).sum()
-  d2 = (np.sum(np.square(mu_a - mu_b)) + np.sum(np.square(ca))
-        + np.sum(np.square(cb)) - 2.0 * cross)
+  # R of the thin QR of the centred, scaled samples (N, D): Σ = Rᵀ R.
+  ra = np.linalg.qr((a - mu_a) / np.sqrt(len(a) - 1), mode="r")
+  rb = np.linalg.qr((b - mu_b) / np.sqrt(len(b) - 1), mode="r")
+  # tr Σ = ‖R‖_F²; tr (Σ_a Σ_b)^{1/2} = ‖R_a R_bᵀ‖_*.
+  cross = np.linalg.svd(ra @ rb.T, compute_uv=False).sum()
+  d2 = (np.sum(np.square(mu_a - mu_b)) + np.sum(np.square(ra))
+        + np.sum(np.square(rb)) - 2.0 * cross)
   return float(max(d2, 0.0))
