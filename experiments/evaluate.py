@@ -90,8 +90,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   t0 = time.perf_counter()
   config = _CONFIG.value
-  logging.info("JAX %s, devices: %s; config:\n%s", jax.__version__,
-               jax.devices(), config)
+  logging.info("JAX %s, %s; config:\n%s", jax.__version__, jax.devices(),
+               config)
   try:
     gens, conditions, batch_size, workdir = _setup(config)
   except (ValueError, OSError) as e:  # bad input: one line, nothing written
@@ -110,14 +110,10 @@ def main(argv):
   record = plans.results_record(
       results, config=config.to_dict(), seed=seed,
       prompts_file=_PROMPTS.value, conditions=conditions,
-      batch_size=batch_size, files=files)
-  record.update(params_source=source.transformer,
-                tokenizer_source=source.tokenizer,
-                wall_s=time.perf_counter() - t0)
-  captions = (list(conditions.prompts) if conditions.labels is None
-              else [str(x) for x in conditions.labels])
+      batch_size=batch_size, files=files, params_source=source.transformer,
+      tokenizer_source=source.tokenizer, wall_s=time.perf_counter() - t0)
   io.write_png_atomic(workdir / files["grid"], plans.grid_image(
-      results, captions, max_columns=_GRID_COLUMNS.value))
+      results, conditions, max_columns=_GRID_COLUMNS.value))
   io.write_png_atomic(workdir / files["frontier"], plans.frontier_image(record))
   io.write_text_atomic(workdir / files["table"], plans.markdown_table(record))
   io.write_json_atomic(workdir / files["config"], config.to_dict())

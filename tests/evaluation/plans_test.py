@@ -168,7 +168,8 @@ class EvaluatePlansTest(absltest.TestCase):
   def test_outputs(self):
     record = plans.results_record(
         self.results, config={"model": _MODEL}, seed=7, prompts_file="p.txt",
-        conditions=self.conditions, batch_size=2, files={"grid": "grid.png"})
+        conditions=self.conditions, batch_size=2, files={"grid": "grid.png"},
+        wall_s=1.5)
     record = json.loads(json.dumps(record, allow_nan=False))
     self.assertEqual([p["name"] for p in record["plans"]],
                      ["dense", "noisy", "adaptive:a.json"])
@@ -176,14 +177,16 @@ class EvaluatePlansTest(absltest.TestCase):
       for key in ("name", "flop_speedup", "ssim", "psnr", "lpips",
                   "fd_alexnet", "latency_s"):
         self.assertIn(key, p)
-    self.assertEqual((record["seed"], record["prompts"]), (7, ["a", "b"]))
+    self.assertEqual((record["seed"], record["prompts"], record["wall_s"]),
+                     (7, ["a", "b"], 1.5))
     self.assertIn("NOT FID", record["notes"]["fd_alexnet"])
     table = plans.markdown_table(record)
     self.assertIn("| dense | `dense` | 1.00x | 1.0000 | inf | 0.0000 |",
                   table)
     self.assertIn("| noisy | `noisy` | 2.00x |", table)
     self.assertEqual(plans.frontier_image(record).ndim, 3)
-    grid = plans.grid_image(self.results, ["a", "b"], max_columns=1)
+    self.assertEqual(plans.captions(self.conditions), ("a", "b"))
+    grid = plans.grid_image(self.results, self.conditions, max_columns=1)
     self.assertEqual(grid.shape, (48 + 3 * (_SIDE + 2) + 2,
                                   220 + (_SIDE + 2) + 2, 3))
     with self.assertRaisesRegex(ValueError, "dense"):

@@ -18,6 +18,7 @@ only by the plan. Each plan is then scored against dense
   resolve_generators every spec of a run (plan names must differ)
   evaluate_plans     generate every plan, score it against dense
   results_record, markdown_table, frontier_image, grid_image: the outputs
+  captions           per sample, its caption or class id
 
 Latency is seconds per image of the generation calls (transformer and
 decode, device-synchronised) after the ahead-of-time compile, which is
@@ -311,13 +312,22 @@ def _plan_record(r: PlanResult) -> Dict[str, Any]:
       timings=dict(r.output.timings))
 
 
+def captions(conditions: conditions_lib.Conditions) -> Tuple[str, ...]:
+  """Per sample, its caption (text models) or class id as text (VAR)."""
+  if conditions.labels is None:
+    return tuple(conditions.prompts)
+  return tuple(str(int(x)) for x in conditions.labels)
+
+
 def results_record(results: Sequence[PlanResult], *, config: Dict[str, Any],
                    seed: int, prompts_file: str,
                    conditions: conditions_lib.Conditions,
-                   batch_size: int, files: Dict[str, str]) -> Dict[str, Any]:
-  """The JSON-ready results.json (no NaN / Inf: PSNR +inf is null)."""
+                   batch_size: int, files: Dict[str, str],
+                   **extra: Any) -> Dict[str, Any]:
+  """The JSON-ready results.json (no NaN / Inf: PSNR +inf is null);
+  `extra` (JSON types, e.g. where the weights came from) is added."""
   labels = conditions.labels
-  return dict(
+  return dict(**extra,
       reference=REFERENCE, config=config, seed=seed,
       image_keys="image j: fold_in(key(seed), j), the same for every plan",
       prompts_file=prompts_file,
@@ -374,8 +384,8 @@ def _row_label(r: PlanResult) -> str:
 
 
 def grid_image(results: Sequence[PlanResult],
-               captions: Sequence[str], *, max_columns: int = 8
-               ) -> np.ndarray:
+               conditions: conditions_lib.Conditions, *,
+               max_columns: int = 8) -> np.ndarray:
   """grid.png: one row per plan, the first `max_columns` images (the same
   captions and seeds in every row), captions above the columns."""
   if max_columns < 1:
@@ -383,4 +393,5 @@ def grid_image(results: Sequence[PlanResult],
   k = min(max_columns, len(results[0].output.images))
   tiles = np.stack([r.output.images[:k] for r in results])
   return figures.table_grid(tiles, [_row_label(r) for r in results],
-                            list(captions[:k]), label_width=220)
+                            list(captions(conditions)[:k]),
+                            label_width=220)
