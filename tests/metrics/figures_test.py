@@ -59,5 +59,31 @@ class ColumnGridTest(absltest.TestCase):
       figures.column_grid(cols.astype(np.float32), ["a", "b"])
 
 
+class TableGridTest(absltest.TestCase):
+
+  def test_row_and_column_labels(self):
+    rng = np.random.default_rng(2)
+    tiles = rng.integers(0, 255, (2, 3, 20, 20, 3), dtype=np.uint8)
+    grid = figures.table_grid(tiles, ["dense", "sparse"], ["a", "", "c"],
+                              label_width=100, label_height=30)
+    self.assertEqual(grid.shape, (30 + 2 * 22 + 2, 100 + 3 * 22 + 2, 3))
+    for r in range(2):
+      for k in range(3):
+        y, x = 30 + 2 + r * 22, 100 + 2 + k * 22
+        np.testing.assert_array_equal(grid[y:y + 20, x:x + 20], tiles[r, k])
+    header = grid[:30].min(axis=-1)
+    ink = [np.sum(header[:, 100 + 2 + k * 22:100 + 22 + k * 22] < 128)
+           for k in range(3)]
+    self.assertGreater(ink[0], 0)
+    self.assertEqual(ink[1], 0)  # empty caption: white
+    self.assertGreater(ink[2], 0)
+    self.assertGreater(np.sum(grid[30:, :100].min(axis=-1) < 128), 0)
+
+  def test_rejects_mismatched_column_labels(self):
+    tiles = np.zeros((1, 2, 8, 8, 3), np.uint8)
+    with self.assertRaisesRegex(ValueError, "column_labels"):
+      figures.table_grid(tiles, ["row"], ["one"])
+
+
 if __name__ == "__main__":
   absltest.main()

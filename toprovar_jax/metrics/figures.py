@@ -3,9 +3,11 @@
 `captioned_grid`: one row per caption, the caption's text in a strip on the
 left, then the row's tiles (e.g. the reference emoji and its samples).
 `column_grid`: one column per caption, its text in a strip on top, then the
-column's tiles (the reference emoji in the first row, samples below). The text is drawn
-with Pillow's default font (FreeType when Pillow has it, so any Unicode the
-font covers; else the bitmap font, with non-ASCII replaced by '?').
+column's tiles (the reference emoji in the first row, samples below).
+`table_grid`: both (e.g. one row per plan, one column per caption). The
+text is drawn with Pillow's default font (FreeType when Pillow has it, so
+any Unicode the font covers; else the bitmap font, with non-ASCII replaced
+by '?').
 Writing the result is the caller's (`toprovar_jax.io.write_png_atomic`).
 
 Dimension letters: R rows, K tiles per row, S tile side.
@@ -108,6 +110,16 @@ def column_grid(columns: np.ndarray, labels: Sequence[str], *,
   canvas = Image.new("RGB", (tiles.shape[1], label_height + tiles.shape[0]),
                      (255, 255, 255))
   canvas.paste(Image.fromarray(tiles), (0, label_height))
+  _column_labels(canvas, labels, x0=0, side=side, pad=pad,
+                 label_height=label_height, font_size=font_size)
+  return np.asarray(canvas, np.uint8)
+
+
+def _column_labels(canvas: Image.Image, labels: Sequence[str], *, x0: int,
+                   side: int, pad: int, label_height: int,
+                   font_size: int) -> None:
+  """Draws label c above the column of tiles starting at x0 + pad +
+  c (side + pad), bottom-aligned in the top `label_height` pixels."""
   draw = ImageDraw.Draw(canvas)
   font, unicode_ok = _font(font_size)
   line_h = font.getbbox("Ag")[3] + 2
@@ -120,6 +132,39 @@ def column_grid(columns: np.ndarray, labels: Sequence[str], *,
     lines = textwrap.wrap(label, chars)[:max_lines] or [""]
     y = label_height - line_h * len(lines) - 2
     for i, line in enumerate(lines):
-      draw.text((pad + c * (side + pad) + 2, y + i * line_h), line,
+      draw.text((x0 + pad + c * (side + pad) + 2, y + i * line_h), line,
                 fill=_TEXT_RGB, font=font)
+
+
+def table_grid(tiles: np.ndarray, row_labels: Sequence[str],
+               column_labels: Sequence[str], *, label_width: int = 200,
+               label_height: int = 48, font_size: int = 12,
+               pad: int = 2) -> np.ndarray:
+  """`captioned_grid` with a label above every column as well.
+
+  E.g. one row per plan (its name and scores), one column per caption.
+
+  Args:
+    tiles: (R, K, S, S, 3) uint8, K per row.
+    row_labels: R strings, drawn left of the rows.
+    column_labels: K strings, drawn above the columns.
+    label_width, label_height: the left and top text strips in pixels.
+    font_size: text size in pixels (FreeType font only).
+    pad: white pixels between and around tiles.
+
+  Returns:
+    (label_height + R (S + pad) + pad, label_width + K (S + pad) + pad, 3)
+    uint8.
+  """
+  tiles = _check_tiles(tiles, row_labels, "tiles", "(R, K, S, S, 3)")
+  if len(column_labels) != tiles.shape[1]:
+    raise ValueError(f"column_labels: {len(column_labels)} for "
+                     f"{tiles.shape[1]} columns")
+  body = captioned_grid(tiles, row_labels, label_width=label_width,
+                        font_size=font_size, pad=pad)
+  canvas = Image.new("RGB", (body.shape[1], label_height + body.shape[0]),
+                     (255, 255, 255))
+  canvas.paste(Image.fromarray(body), (0, label_height))
+  _column_labels(canvas, column_labels, x0=label_width, side=tiles.shape[2],
+                 pad=pad, label_height=label_height, font_size=font_size)
   return np.asarray(canvas, np.uint8)

@@ -1,0 +1,128 @@
+r"""Evaluates sparsity plans against dense on the same seeds (issue 13, item 6).
+
+  python -m experiments.evaluate --config=configs/emoji.py \
+    --prompts=captions.txt --plans=dense,fastvar,emoji_default,my/plan.json \
+    --seed=0 --workdir=/tmp/eval_emoji
+  python -m experiments.evaluate --config=configs/tiny.py:model=var_tiny \
+    --prompts=labels.txt --plans=skipvar_skip2 --workdir=/tmp/eval_tiny
+
+--prompts: one caption (text models) or class id (VAR) per line. Each plan
+generates every prompt (--num_samples cycles them) with the same seed
+(image j: fold_in(key(seed), j)); dense is always run first, as the
+reference. Writes to --workdir, after all compute, atomically:
+results.json (per plan: flop_speedup, ssim, psnr, lpips, fd_alexnet,
+latency_s, ...), results.md (the table), frontier.png (SSIM vs FLOP
+reduction), grid.png (the first --grid_columns captions under every plan)
+and config.json. Bad input (unknown plan, unreadable or empty prompts
+file, a workdir holding files without --overwrite) stops with one line
+naming the field, before any compute and with nothing written.
+"""
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from toprovar_jax import io
+from toprovar_jax import pipeline
+from toprovar_jax.evaluation import plans
+from toprovar_jax.metrics import lpips
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Model config, e.g. configs/emoji.py.", lock_config=True)
+_PROMPTS = flags.DEFINE_string("prompts", None, "File: one prompt per line.")
+_PLANS = flags.DEFINE_string(
+    "plans", "dense,fastvar", "Comma-separated plan specs: dense, fastvar, "
+    "skipvar, adaptive:PATH, a named plan, a plan JSON path, "
+    "skipvar_skipK[_uncondS].")
+_SEED = flags.DEFINE_integer("seed", None, "Seed (default: the config's).")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 0, "Images per plan; 0 = one per prompt, else cycled.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 0, "Images per generate call; 0 = the config's.")
+_GRID_COLUMNS = flags.DEFINE_integer("grid_columns", 8, "Captions in grid.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Allow a workdir that already holds files.")
+
+
+def _dynamic_generator(config, spec):
+  """The single hand-off of per-image specs ('skipvar', 'adaptive:PATH').
+
+  Issue 13 merge: return plans.PlanGenerator(spec=spec, name=...,
+  run=<pipeline.generator_from_spec(config, spec)>, flops=None); its
+  Output's flops_per_image gives the FLOPs.
+  """
+  del config
+  raise ValueError(f"--plans: {spec!r} chooses its plan per image; "
+                   "pipeline.generator_from_spec is not in this build")
+
+
+def _setup(config):
+  """Everything cheap and checkable, before any compute or write."""
+  specs = plans.parse_plan_specs(_PLANS.value)
+  lines = plans.read_prompts(_PROMPTS.value)
+  if _NUM_SAMPLES.value < 0:
+    raise ValueError(f"--num_samples: must be >= 0, got {_NUM_SAMPLES.value}")
+  if _GRID_COLUMNS.value < 1:
+    raise ValueError(f"--grid_columns: must be >= 1, got {_GRID_COLUMNS.value}")
+  batch_size = _BATCH_SIZE.value or config.sampling.batch_size
+  if batch_size < 1:
+    raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
+  base = pipeline.sampler_from_config(config)
+  text_len = config.sampling.text_len
+  gens = plans.resolve_generators(
+      specs, base, text_tokens=text_len,
+      dynamic=lambda spec: _dynamic_generator(config, spec))
+  conditions = plans.make_conditions(base.model, lines,
+                                     num_samples=_NUM_SAMPLES.value,
+                                     text_len=text_len)
+  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
+  return gens, conditions, batch_size, workdir
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  t0 = time.perf_counter()
+  config = _CONFIG.value
+  logging.info("JAX %s, %s; config:\n%s", jax.__version__, jax.devices(),
+               config)
+  try:
+    gens, conditions, batch_size, workdir = _setup(config)
+  except (ValueError, OSError) as e:  # bad input: one line, nothing written
+    sys.exit(f"evaluate: {e}")
+  seed = config.sampling.seed if _SEED.value is None else _SEED.value
+  params, vae_params, source = pipeline.params_from_config(
+      config, jax.random.key(config.seed))
+  s = config.sampling
+  results = plans.evaluate_plans(
+      gens, params, vae_params, conditions, seed=seed, batch_size=batch_size,
+      cfg_scale=s.cfg_scale, tau=s.tau, lpips_params=lpips.load_params())
+
+  # Everything is computed; now write (each file atomically, results last).
+  files = dict(table="results.md", frontier="frontier.png", grid="grid.png",
+               config="config.json")
+  record = plans.results_record(
+      results, config=config.to_dict(), seed=seed,
+      prompts_file=_PROMPTS.value, conditions=conditions,
+      batch_size=batch_size, files=files, params_source=source.transformer,
+      tokenizer_source=source.tokenizer, wall_s=time.perf_counter() - t0)
+  io.write_png_atomic(workdir / files["grid"], plans.grid_image(
+      results, conditions, max_columns=_GRID_COLUMNS.value))
+  io.write_png_atomic(workdir / files["frontier"], plans.frontier_image(record))
+  io.write_text_atomic(workdir / files["table"], plans.markdown_table(record))
+  io.write_json_atomic(workdir / files["config"], config.to_dict())
+  io.write_json_atomic(workdir / "results.json", record)
+  logging.info("%s\nWrote %s and results.json to %s (%.0f s)",
+               plans.markdown_table(record), sorted(files.values()), workdir,
+               record["wall_s"])
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "prompts", "workdir"])
+  app.run(main)
