@@ -2,6 +2,8 @@
 reference folder can be moved."""
 
 import os
+import pathlib
+import re
 from unittest import mock
 
 from absl.testing import absltest
@@ -43,6 +45,21 @@ class TestingTest(absltest.TestCase):
                                   "no reference files for 'var_tiny' under "
                                   "/elsewhere"):
         testing.load_reference("var_tiny")
+
+  def test_tests_that_read_the_golden_files_never_skip(self):
+    # Missing golden files must fail (load_reference raises), not skip:
+    # a skipped parity test looks like a passing suite.
+    readers = []
+    skip = re.compile("|".join(["skip" + "Test\\(", "pytest\\.skip",
+                                "skip" + "If", "skip" + "Unless"]))
+    for path in sorted(pathlib.Path(__file__).parent.rglob("*_test.py")):
+      text = path.read_text()
+      if re.search(r"load_reference\(|reference_dir\(", text):
+        readers.append(path.name)
+        found = skip.search(text)
+        self.assertIsNone(found, f"{path} skips: {found}")
+    self.assertContainsSubset(["bsq_vae_test.py", "vqvae_test.py",
+                               "parity_test.py"], readers)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ class ConverterTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    if _reference() is None:
-      self.skipTest('infinity_tiny reference files not found')
     self.sd = common.strip_prefix(_reference(), 'vae/')
 
   def test_strict_errors_name_every_bad_key(self):
