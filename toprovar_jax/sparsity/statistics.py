@@ -27,8 +27,9 @@ decision levels of `sparsity.calibration` read is here:
   samples       (k, L, ΣN)  the full entropy of the first k images (the
                             kept-token figure), NaN-free
 
-`save` / `load` write one .npz atomically, so a run interrupted between two
-batches resumes from the last saved image (`evaluation.calibration`).
+`to_bytes` / `load`: one .npz that the run rewrites atomically after every
+batch, so a run interrupted between two batches resumes from the last saved
+image (`evaluation.calibration`).
 
 Dimension letters: S scales, s scale index, L layers, N_s tokens of scale s,
 B histogram bins, n images folded in, k sample images kept, h×w the
@@ -41,8 +42,6 @@ import dataclasses
 import io as std_io
 import json
 import os
-import pathlib
-import tempfile
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -216,8 +215,9 @@ class EntropyStatistics:
 
   # -- saving -----------------------------------------------------------------
 
-  def save(self, path: Union[str, os.PathLike]) -> None:
-    """Writes every field to one .npz, atomically (temp file + rename)."""
+  def to_bytes(self) -> bytes:
+    """Every field as one .npz file's bytes (write them atomically:
+    `toprovar_jax.io.write_bytes_atomic`)."""
     meta = dict(schedule=self.schedule, num_layers=self.num_layers,
                 rep_scale=self.rep_scale, hist_bins=self.hist_bins,
                 hist_max=self.hist_max, num_samples=self.num_samples,
@@ -225,20 +225,11 @@ class EntropyStatistics:
     buf = std_io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)),
              **{k: getattr(self, k) for k in _ARRAYS})
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    return buf.getvalue()
 
   @classmethod
   def load(cls, path: Union[str, os.PathLike]) -> "EntropyStatistics":
-    """Reads what `save` wrote (data only: no pickles)."""
+    """Reads a file of `to_bytes` (data only: no pickles)."""
     with np.load(path, allow_pickle=False) as z:
       meta = json.loads(str(z["meta"]))
       arrays = {k: np.array(z[k]) for k in _ARRAYS}
