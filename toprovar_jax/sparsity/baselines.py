@@ -3,7 +3,9 @@
 Both are plans of the same language as ToProVAR's (ARCHITECTURES C.1, C.2),
 so the sampler runs them with no special case:
   fastvar_plan   frequency scorer re-selected per sub-layer, cached restore
-                 from the 24x24 scale, the last two scales not generated
+                 from the 24x24 scale, the last two scales not generated;
+                 other schedules / depths proportionally (fastvar_scales,
+                 fastvar_layer_range)
   skipvar_plan   one SkipVAR action: skip the last K scales and/or drop
                  the unconditional branch from scale S on
   skipvar_action_plan  the same from its name, 'skipvar_skipK[_uncondS]'
@@ -14,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import plan as plan_lib
@@ -79,13 +83,50 @@ def skipvar_action_plan(name: str, cfg: config_lib.TransformerConfig
   return validation.validate_plan(plan, cfg)
 
 
-# skip 48x48 and 64x64.
-_FASTVAR_SCHEDULE = config_lib.square_schedule(config_lib.INFINITY_1M_SIDES)
+# skip 48x48 and 64x64. Other schedules take the same roles at the same
+# fractions of the final side (`fastvar_scales`).
+_FASTVAR_FINAL_SIDE = 64
 _FASTVAR_CACHE_SIDE = 24
-_FASTVAR_PRUNE_RATIO = {32: 0.4, 40: 0.5}
-_FASTVAR_SKIPPED = 2
+# Pruned fraction at each pruned side (linear in between, clipped outside).
+_FASTVAR_PRUNE = ((32, 0.4), (40, 0.5))
+# Sides from here on are not generated.
+_FASTVAR_EXIT_SIDE = 48
 # Pruned blocks range(3, 28) of Infinity-2B's 32.
 _FASTVAR_LAYERS_2B = (3, 28, 32)
+
+
+def fastvar_scales(schedule) -> Tuple[int, int, Dict[int, float]]:
+  """FastVAR's roles on any schedule: (cache scale, exit scale, {pruned
+  scale: pruned fraction}).
+
+  Scales are placed by f = max(h, w) / the final scale's max(h, w), as
+  Infinity's 1M template places them: the cache is the scale with f nearest
+  24/64; scales with f >= 48/64 are not generated (the exit is the first of
+  them); the scales between the cache and the exit are pruned, a fraction
+  interpolated linearly in f between 0.4 at 32/64 and 0.5 at 40/64 (held
+  outside). On Infinity's schedule: cache 24x24, prune 32x32 (0.4) and
+  40x40 (0.5), exit at 48x48: the official code.
+
+  Raises:
+    PlanError: a schedule too short to hold a cache before the exit.
+  """
+  frac = [max(hw) / max(schedule[-1]) for hw in schedule]
+  exit_scale = next(s for s, f in enumerate(frac)
+                    if f >= _FASTVAR_EXIT_SIDE / _FASTVAR_FINAL_SIDE)
+  ref = _FASTVAR_CACHE_SIDE / _FASTVAR_FINAL_SIDE
+  cache = min(range(exit_scale), key=lambda s: (abs(frac[s] - ref), -s),
+              default=None)
+  if cache is None or exit_scale < 2:
+    raise plan_lib.PlanError(
+        f"schedule {[list(hw) for hw in schedule]} has no scale before "
+        "FastVAR's exit (side >= 3/4 of the final side) to cache from",
+        plan="fastvar", field="schedule")
+  (s0, r0), (s1, r1) = _FASTVAR_PRUNE
+  f0, f1 = s0 / _FASTVAR_FINAL_SIDE, s1 / _FASTVAR_FINAL_SIDE
+  pruned = {s: float(np.clip(r0 + (r1 - r0) * (frac[s] - f0) / (f1 - f0),
+                             r0, r1))
+            for s in range(cache + 1, exit_scale)}
+  return cache, exit_scale, pruned
 
 
 def fastvar_layer_range(depth: int) -> Tuple[int, int]:
@@ -100,51 +141,40 @@ def fastvar_layer_range(depth: int) -> Tuple[int, int]:
 
 
 def fastvar_plan(cfg: config_lib.TransformerConfig) -> plan_lib.SparsityPlan:
-  """FastVAR (csguoh/FastVAR, Infinity variant) as a plan (SPEC §6).
+  """FastVAR (csguoh/FastVAR) as a plan for any schedule and depth (SPEC §6).
 
-  Frequency scorer re-selected before every sub-layer, halves scored on their
-  own, cached restoration from the 24x24 scale, S in the middle blocks at the
-  32x32 (keep N - int(0.4 N) = 615) and 40x40 (keep 800) scales, and the last
-  two scales not generated. The keep count follows the official
-  `r = int(L * ratio)` (floor), kept = L - r.
-
-  Args:
-    cfg: an Infinity-style model with the 13-scale 1:1 1M schedule.
-
-  Returns:
-    The FastVAR plan for this model.
+  Frequency scorer re-selected before every sub-layer, halves scored on
+  their own, cached restoration from the cache scale, S in the middle
+  blocks (`fastvar_layer_range`) of the pruned scales, and the scales from
+  the exit on not generated (`fastvar_scales`). On Infinity's 1M schedule
+  with 32 blocks it is the official configuration: keep 615 of 1,024 at
+  32x32 and 800 of 1,600 at 40x40, cache at 24x24, 48x48 and 64x64
+  skipped. The keep count follows the official `r = int(L * ratio)`
+  (floor), kept = L - r.
 
   Raises:
-    PlanError: for any other schedule (FastVAR hard-codes its scales).
+    PlanError: a depth without a pruned block range, or a schedule too
+      short for the roles (field 'num_layers' / 'schedule').
   """
-  if tuple(cfg.schedule) != _FASTVAR_SCHEDULE:
-    raise plan_lib.PlanError(
-        f"FastVAR is defined only for the 13-scale 1:1 1M Infinity schedule "
-        f"{[h for h, _ in _FASTVAR_SCHEDULE]}; model {cfg.name!r} has "
-        f"{[list(hw) for hw in cfg.schedule]}", plan="fastvar",
-        field="schedule")
   start, stop = fastvar_layer_range(cfg.depth)
   if not 0 < start < stop <= cfg.depth:
     raise plan_lib.PlanError(
         f"depth {cfg.depth} leaves no pruned block range", plan="fastvar",
         field="num_layers")
-  sides = [h for h, _ in cfg.schedule]
-  cache_from = sides.index(_FASTVAR_CACHE_SIDE)
+  cache_from, num_generated, pruned = fastvar_scales(tuple(cfg.schedule))
   sparse_layers = "F" * start + "S" * (stop - start) + "F" * (cfg.depth - stop)
-  num_generated = len(sides) - _FASTVAR_SKIPPED
   scales = []
   for s in range(num_generated):
     n = cfg.tokens_per_scale[s]
-    ratio = _FASTVAR_PRUNE_RATIO.get(sides[s])
-    if ratio is None:
+    keep = n - int(n * pruned.get(s, 0.0))
+    if keep == n:
       scales.append(plan_lib.dense_scale(n, cfg.depth))
       continue
     scales.append(plan_lib.ScalePlan(
-        keep=n - int(n * ratio), layers=sparse_layers, probe_layer=None,
+        keep=keep, layers=sparse_layers, probe_layer=None,
         scorer="frequency", entropy_from="probe", select="sublayer",
         share_cfg=False, restore="cached", cache_from=cache_from,
         guidance=True))
   return plan_lib.SparsityPlan(
       name="fastvar", schedule=tuple(cfg.schedule), num_layers=cfg.depth,
       exit_scale=num_generated, scales=tuple(scales))
-
