@@ -42,12 +42,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start again in a used "
                                "workdir.")
 _TARGET = flags.DEFINE_float("target_ssim", 0.0, "Budget mode: mean SSIM vs "
                              "dense to meet (0 = off).")
-_MAX_EVALS = flags.DEFINE_integer("max_evals", 10, "Budget mode: most plans "
+_MAX_EVALS = flags.DEFINE_integer("max_evals", 8, "Budget mode: most plans "
                                   "generated.")
 _REP = flags.DEFINE_integer("rep_side", 12, "Representative scale (side).")
 _TAU = flags.DEFINE_float("tau", 0.4, "tau of the scale rule.")
 _DIR = flags.DEFINE_enum("direction", "rise", calibration.DIRECTIONS,
                          "rise: D = first rho_s >= tau; fall: <= tau.")
+_DMIN = flags.DEFINE_integer("min_scale", 1, "Earliest prunable scale.")
 _STAR = flags.DEFINE_float("rho_star", 0.0, "Global cut (0 = largest gap).")
 _AMIN = flags.DEFINE_float("alpha_min", 0.0, "Gate alpha_min.")
 _AMAX = flags.DEFINE_float("alpha_max", 1.0, "Gate alpha_max.")
@@ -60,7 +61,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config, s = _CONFIG.value, _CONFIG.value.sampling
   base = calibration.CalibrationConfig(
-      tau=_TAU.value, direction=_DIR.value, rho_star=_STAR.value,
+      tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
+      rho_star=_STAR.value,
       alpha_min=_AMIN.value, alpha_max=_AMAX.value,
       entropy_from=_SOURCE.value)
   sampler = pipeline.sampler_from_config(config)

@@ -142,7 +142,15 @@ class CalibrateTest(absltest.TestCase):
     self.assertEqual(rec["layers"], ["FFFF"] * 4)
 
   def test_almost_nothing_kept_skips_the_layer(self):
-    # alpha_min = 1: P_keep = 0 for every token: Detail layers become X.
+    # alpha 0.9 keeps 10 % (3.6 of 36 tokens), above the 5 % bar: S, K 8;
+    # alpha_min = 1 keeps nothing: the Detail layers become X.
+    cal = calibration.calibrate(
+        stats_of(images((0,))), CFG,
+        calibration.CalibrationConfig(tau=0.0, alpha_min=0.9, alpha_max=0.9,
+                                      skip_below=0.05))
+    np.testing.assert_allclose(cal.expected_kept[3][1:], 3.6)
+    self.assertEqual(cal.plan.scales[3].layers, "FSSS")
+    self.assertEqual(cal.plan.scales[3].keep, 8)
     cal = calibration.calibrate(
         stats_of(images((0,))), CFG,
         calibration.CalibrationConfig(tau=0.0, alpha_min=1.0, alpha_max=1.0))

@@ -2,7 +2,9 @@
 
 SPEC §5 "Budget mode": given a target mean SSIM vs dense on the calibration
 images, search τ, ϱ*, α_min and α_max for the plan with the fewest FLOPs
-that meets it.
+that meets it; also D_min, the earliest scale the τ rule may choose (where
+ρ_s hovers near τ at every scale, as on the emoji model, τ alone cannot
+move D).
 
   1. Every point of the grid (`SearchGrid`) is calibrated from the saved
      statistics (no model run: `sparsity.calibration.calibrate`); points
@@ -43,8 +45,11 @@ from toprovar_jax.sparsity import statistics as stats_lib
 @dataclasses.dataclass(frozen=True)
 class SearchGrid:
   """The values tried per hyper-parameter (rho_star 0 = largest gap;
-  `global_counts` adds the cuts that keep exactly g layers Global)."""
+  `global_counts` adds the cuts that keep exactly g layers Global;
+  `min_scales`, the earliest prunable scale D_min (PAPER §4.3's clamp), ()
+  = 1 and every scale of the second half of the schedule)."""
   taus: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
+  min_scales: Tuple[int, ...] = ()
   rho_stars: Tuple[float, ...] = (0.0,)
   global_counts: Tuple[int, ...] = (1, 2, 3, 4, 6)
   alpha_mins: Tuple[float, ...] = (0.0, 0.2)
@@ -86,14 +91,18 @@ def candidates(stats: stats_lib.EntropyStatistics,
   stars = list(grid.rho_stars) + [
       c for c in (cut_for_globals(ratios, g) for g in grid.global_counts)
       if c is not None]
+  num_scales = len(model.schedule)
+  min_scales = grid.min_scales or (1,) + tuple(range(num_scales // 2,
+                                                     num_scales))
   by_plan: Dict[Any, Candidate] = {}
   dense = _key(plan_lib.dense_plan(model))
-  for tau, star, a0, a1 in itertools.product(
-      grid.taus, sorted(set(stars)), grid.alpha_mins, grid.alpha_maxs):
+  for tau, d_min, star, a0, a1 in itertools.product(
+      grid.taus, min_scales, sorted(set(stars)), grid.alpha_mins,
+      grid.alpha_maxs):
     if a0 > a1:
       continue
-    cfg = dataclasses.replace(base, tau=tau, rho_star=star, alpha_min=a0,
-                              alpha_max=a1, name=name)
+    cfg = dataclasses.replace(base, tau=tau, min_scale=d_min, rho_star=star,
+                              alpha_min=a0, alpha_max=a1, name=name)
     cal = calibration_lib.calibrate(stats, model, cfg)
     key = _key(cal.plan)
     if key == dense:
@@ -103,7 +112,8 @@ def candidates(stats: stats_lib.EntropyStatistics,
           calibration=cal, points=[],
           flops=flops_lib.plan_flops(cal.plan, model,
                                      text_tokens=text_tokens).total)
-    by_plan[key].points.append(dict(tau=tau, rho_star=star, alpha_min=a0,
+    by_plan[key].points.append(dict(tau=tau, min_scale=d_min,
+                                    rho_star=star, alpha_min=a0,
                                     alpha_max=a1))
   return sorted(by_plan.values(), key=lambda c: c.flops)
 

@@ -6,8 +6,8 @@ The three decision levels, read from a dense run's `EntropyStatistics`:
     pruning (the paper's fallback). Scales < D stay dense.
   * layer: ϱ_l = median over images of σ1/σ2 of layer l's entropy map at
     the representative scale; R_l = exp(−β(ϱ_l − 1)). Global (ϱ_l ≥ ϱ*)
-    layers stay F, Detail layers become S, or X where the gate keeps fewer
-    than 4 tokens of the layer on average. ϱ* = the geometric midpoint of
+    layers stay F, Detail layers become S, or X where the gate keeps less
+    than `skip_below` (5 %) of the scale's tokens of the layer on average. ϱ* = the geometric midpoint of
     the largest gap in sorted log ϱ (∞ counted as 1e6), or a config
     value; β = ln 2 / (ϱ* − 1) (R = ½ at the cut) unless given.
   * token: q_i = φ(s)·R_l·Ĥ_i, φ(s) = (s+1)/S, Ĥ_i = H_i / mean_j H_j;
@@ -39,8 +39,6 @@ from toprovar_jax.sparsity import validation
 DIRECTIONS = ("rise", "fall")
 ENTROPY_FROM = ("auto", "probe", "previous")
 _INF_CAP = 1e6
-# A Detail layer whose own expected kept count is below this is skipped (X).
-_X_BELOW = 4.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,6 +52,8 @@ class CalibrationConfig:
     rho_star: ϱ* (> 1), or 0 = the largest gap in sorted log ϱ.
     beta: β of R_l, or 0 = ln 2 / (ϱ* − 1).
     alpha_min, alpha_max: the gate's α (0 ≤ α_min ≤ α_max).
+    skip_below: a Detail layer whose own expected kept count at a pruned
+      scale is below this fraction of N_s is skipped there (X).
     entropy_from: 'auto' | 'probe' | 'previous'.
     name: the plan's name.
   """
@@ -64,6 +64,7 @@ class CalibrationConfig:
   beta: float = 0.0
   alpha_min: float = 0.0
   alpha_max: float = 1.0
+  skip_below: float = 0.05
   entropy_from: str = "auto"
   name: str = "calibrated"
 
@@ -84,6 +85,8 @@ class CalibrationConfig:
     if not 0.0 <= self.alpha_min <= self.alpha_max:
       bad("alpha_min", f"need 0 <= alpha_min <= alpha_max, got "
           f"{self.alpha_min}, {self.alpha_max}")
+    if not 0.0 <= self.skip_below <= 1.0:
+      bad("skip_below", f"must be in [0, 1], got {self.skip_below}")
     if self.entropy_from not in ENTROPY_FROM:
       bad("entropy_from", f"{self.entropy_from!r} is not one of "
           f"{ENTROPY_FROM}")
@@ -194,7 +197,8 @@ def calibrate(stats: stats_lib.EntropyStatistics,
     for s in range(d, num_scales):
       k = round_keep(float(np.mean(expected[s, detail])), tokens[s])
       row = ["F" if is_global[l] else
-             ("X" if expected[s, l] < _X_BELOW else "S") for l in range(depth)]
+             ("X" if expected[s, l] < config.skip_below * tokens[s] else "S")
+             for l in range(depth)]
       if k >= tokens[s]:
         row = ["F" if c == "S" else c for c in row]
       keep[s] = k if "S" in row else tokens[s]
