@@ -126,7 +126,7 @@ def search(cands: Sequence[Candidate], evaluate: Callable[[plan_lib.
   `evaluate(plan)` returns its mean SSIM vs dense. Returns the cheapest
   candidate found that meets `target`, or None; every evaluated candidate
   has `ssim` and `seconds` set."""
-  lo, hi, best, evals = 0, len(cands) - 1, None, 0
+  lo, hi, best, evals, spent = 0, len(cands) - 1, None, 0, 0.0
   while lo <= hi and evals < max_evals:
     mid = (lo + hi) // 2
     c = cands[mid]
@@ -135,14 +135,18 @@ def search(cands: Sequence[Candidate], evaluate: Callable[[plan_lib.
     c.seconds = time.perf_counter() - t0
     evals += 1
     ok = c.ssim >= target
-    logging.info("budget search %d: candidate %d/%d, %.3g GFLOP, SSIM "
-                 "%.4f %s target %.3f (%.1f s)", evals, mid + 1, len(cands),
-                 c.flops / 1e9, c.ssim, ">=" if ok else "<", target,
-                 c.seconds)
     if ok:
       best, hi = c, mid - 1
     else:
       lo = mid + 1
+    spent += c.seconds
+    left = min(max_evals - evals,
+               math.ceil(math.log2(hi - lo + 2)) if lo <= hi else 0)
+    logging.info("budget search %d: candidate %d/%d, %.3g GFLOP, SSIM "
+                 "%.4f %s target %.3f (%.1f s); at most %d more, ETA %.0f s",
+                 evals, mid + 1, len(cands), c.flops / 1e9, c.ssim,
+                 ">=" if ok else "<", target, c.seconds, left,
+                 left * spent / evals)
   return best
 
 
