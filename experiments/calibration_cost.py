@@ -14,6 +14,7 @@ calibration_cost.json into --out. Needs no ml_collections.
 """
 
 import dataclasses
+import os
 import pathlib
 import statistics
 import time
@@ -53,6 +54,8 @@ def _median_s(fn, runs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # The benchmark's GPU flags (CUDA graphs), so dense matches BENCHMARKS.md.
+  os.environ.setdefault("XLA_FLAGS", latency.GPU_XLA_FLAGS)
   setup = latency.BenchSetup(variant=_VARIANT.value, batch=_BATCH.value,
                              text_len=_TEXT_LEN.value, dtype=_DTYPE.value)
   out = pathlib.Path(_OUT.value)
