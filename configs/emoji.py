@@ -13,8 +13,8 @@ Arguments after the colon (typed, `configs/common.py:parse_arg`):
   compare=emoji_default  plans to run beside it, '+'-separated ('' = none);
                       each a plan spec ('dense', a named plan shipped
                       under toprovar_jax/sparsity/plans/, a JSON path;
-                      'fastvar' is defined only for Infinity's 13-scale
-                      schedule).
+                      'fastvar': FastVAR mapped to this schedule, cache
+                      12x12, prune 16x16, exit at 24x24).
   samples=1           images per caption.
   batch_size=0        images per generate call; 0 = all in one batch.
   ckpt_dir=''         '' = the embedded weights; else a folder holding

@@ -37,13 +37,39 @@ class BaselinesTest(absltest.TestCase):
     plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
     self.assertEqual(plan.scales[9].layers, "F" * 4 + "S" * 31 + "F" * 5)
 
-  def test_fastvar_rejects_other_schedules(self):
+  def test_fastvar_roles_on_other_schedules(self):
+    sq = config_lib.square_schedule
+    self.assertEqual(baselines.fastvar_scales(sq(config_lib.INFINITY_1M_SIDES)),
+                     (8, 11, {9: 0.4, 10: 0.5}))
+    # Emoji v2 (final 32): cache 12x12 (3/8), prune 16x16 (1/2: 0.4), exit
+    # at 24x24 (3/4).
+    self.assertEqual(baselines.fastvar_scales(sq(config_lib.EMOJI_SIDES)),
+                     (9, 11, {10: 0.4}))
+    # VAR (final 16): cache 6 (3/8), prune 8 (0.4) and 10 (5/8: 0.5), exit
+    # at 13 (>= 3/4).
+    var = config_lib.get_variant("var_d16")
+    self.assertEqual(baselines.fastvar_scales(var.schedule),
+                     (5, 8, {6: 0.4, 7: 0.5}))
+    # Between the reference sides the fraction is interpolated.
+    _, _, pruned = baselines.fastvar_scales(sq((1, 2, 3, 6, 9, 10, 16)))
+    self.assertEqual(pruned, {4: 0.4 + 0.1 * (9 / 16 - 0.5) / 0.125,
+                              5: 0.5})
+    for name in ("var_d16", "emoji"):
+      cfg = config_lib.get_variant(name)
+      plan = validation.validate_plan(baselines.fastvar_plan(cfg), cfg)
+      cache, exit_scale, pruned = baselines.fastvar_scales(cfg.schedule)
+      self.assertEqual(plan.exit_scale, exit_scale)
+      for s, sp in enumerate(plan.scales):
+        n = cfg.tokens_per_scale[s]
+        self.assertEqual(sp.keep, n - int(n * pruned.get(s, 0.0)))
+        self.assertEqual(sp.cache_from, cache if sp.keep < n else None)
+
+  def test_fastvar_rejects_too_short_schedules(self):
     with self.assertRaisesRegex(
         plan_lib.PlanError,
-        r"^plan 'fastvar', field 'schedule': FastVAR is defined only for "
-        r"the official Infinity h/w templates .*; model 'var_d16' has a "
-        r"custom schedule \(10 scales, last 16x16\)"):
-      baselines.fastvar_plan(config_lib.get_variant("var_d16"))
+        r"^plan 'fastvar', field 'schedule': schedule \[\[1, 1\], \[4, 4\]\] "
+        r"has no scale before FastVAR's exit"):
+      baselines.fastvar_scales(config_lib.square_schedule((1, 4)))
 
   def test_fastvar_is_remade_for_other_templates(self):
     # 1.5 at 1M: the same scale positions as 1:1 (prune 9, 10; cache 8).

@@ -3,7 +3,9 @@
 Both are plans of the same language as ToProVAR's (ARCHITECTURES C.1, C.2),
 so the sampler runs them with no special case:
   fastvar_plan   frequency scorer re-selected per sub-layer, cached restore
-                 from the 24x24 scale, the last two scales not generated
+                 from the 24x24 scale, the last two scales not generated;
+                 other schedules / depths proportionally (fastvar_scales,
+                 fastvar_layer_range)
   skipvar_plan   one SkipVAR action: skip the last K scales and/or drop
                  the unconditional branch from scale S on
   skipvar_action_plan  the same from its name, 'skipvar_skipK[_uncondS]'
@@ -14,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import plan as plan_lib
@@ -79,11 +83,65 @@ def skipvar_action_plan(name: str, cfg: config_lib.TransformerConfig
   return validation.validate_plan(plan, cfg)
 
 
-# skip 48x48 and 64x64.
-_FASTVAR_PRUNE_RATIO = {32: 0.4, 40: 0.5}
-_FASTVAR_SKIPPED = 2
+# skip 48x48 and 64x64. Other schedules take the same roles at the same
+# fractions of the final side (`fastvar_scales`).
+_FASTVAR_FINAL_SIDE = 64
+_FASTVAR_CACHE_SIDE = 24
+# Pruned fraction at each pruned side (linear in between, clipped outside).
+_FASTVAR_PRUNE = ((32, 0.4), (40, 0.5))
+# Sides from here on are not generated.
+_FASTVAR_EXIT_SIDE = 48
 # Pruned blocks range(3, 28) of Infinity-2B's 32.
 _FASTVAR_LAYERS_2B = (3, 28, 32)
+
+
+def _is_infinity_template(schedule) -> bool:
+  """Whether `schedule` is one of the official h/w templates at a budget."""
+  schedule = tuple(tuple(int(v) for v in hw) for hw in schedule)
+  return any(tpl[:n] == schedule
+             for tpl in config_lib.infinity_templates().values()
+             for n in config_lib.INFINITY_BUDGETS.values())
+
+
+def fastvar_scales(schedule) -> Tuple[int, int, Dict[int, float]]:
+  """FastVAR's roles on any schedule: (cache scale, exit scale, {pruned
+  scale: pruned fraction}).
+
+  On the official Infinity h/w templates (any of the 15 ratios, any budget)
+  the roles keep their positions from the end, as on the 1:1 1M schedule:
+  the 5th scale from the end is the cache, the 4th and 3rd are pruned (0.4,
+  0.5), the last two are not generated. Other schedules place the roles by
+  side. Scales are placed by f = max(h, w) / the final scale's max(h, w), as
+  Infinity's 1M template places them: the cache is the scale with f nearest
+  24/64; scales with f >= 48/64 are not generated (the exit is the first of
+  them); the scales between the cache and the exit are pruned, a fraction
+  interpolated linearly in f between 0.4 at 32/64 and 0.5 at 40/64 (held
+  outside). On Infinity's schedule: cache 24x24, prune 32x32 (0.4) and
+  40x40 (0.5), exit at 48x48: the official code.
+
+  Raises:
+    PlanError: a schedule too short to hold a cache before the exit.
+  """
+  (s0, r0), (s1, r1) = _FASTVAR_PRUNE
+  if _is_infinity_template(schedule) and len(schedule) >= 5:
+    n = len(schedule)
+    return n - 5, n - 2, {n - 4: r0, n - 3: r1}
+  frac = [max(hw) / max(schedule[-1]) for hw in schedule]
+  exit_scale = next(s for s, f in enumerate(frac)
+                    if f >= _FASTVAR_EXIT_SIDE / _FASTVAR_FINAL_SIDE)
+  ref = _FASTVAR_CACHE_SIDE / _FASTVAR_FINAL_SIDE
+  cache = min(range(exit_scale), key=lambda s: (abs(frac[s] - ref), -s),
+              default=None)
+  if cache is None or exit_scale < 2:
+    raise plan_lib.PlanError(
+        f"schedule {[list(hw) for hw in schedule]} has no scale before "
+        "FastVAR's exit (side >= 3/4 of the final side) to cache from",
+        plan="fastvar", field="schedule")
+  f0, f1 = s0 / _FASTVAR_FINAL_SIDE, s1 / _FASTVAR_FINAL_SIDE
+  pruned = {s: float(np.clip(r0 + (r1 - r0) * (frac[s] - f0) / (f1 - f0),
+                             r0, r1))
+            for s in range(cache + 1, exit_scale)}
+  return cache, exit_scale, pruned
 
 
 def fastvar_layer_range(depth: int) -> Tuple[int, int]:
@@ -97,69 +155,41 @@ def fastvar_layer_range(depth: int) -> Tuple[int, int]:
           int(math.floor(stop * depth / ref + 0.5)))
 
 
-def _is_infinity_template(schedule) -> bool:
-  schedule = tuple(tuple(int(v) for v in hw) for hw in schedule)
-  return any(tpl[:n] == schedule
-             for tpl in config_lib.infinity_templates().values()
-             for n in config_lib.INFINITY_BUDGETS.values())
-
-
 def fastvar_plan(cfg: config_lib.TransformerConfig) -> plan_lib.SparsityPlan:
-  """FastVAR (csguoh/FastVAR, Infinity variant) as a plan (SPEC §6).
+  """FastVAR (csguoh/FastVAR) as a plan for any schedule and depth (SPEC §6).
 
-  Frequency scorer re-selected before every sub-layer, halves scored on their
-  own, cached restoration from the 24x24 scale, S in the middle blocks at the
-  32x32 (keep N - int(0.4 N) = 615) and 40x40 (keep 800) scales, and the last
-  two scales not generated. The keep count follows the official
-  `r = int(L * ratio)` (floor), kept = L - r.
-
-  Other official schedules (any of the 15 h/w templates, any budget) get the
-  plan re-made by position from the last scale, as on the 1:1 1M schedule:
-  the 4th and 3rd scales from the end are pruned (ratios 0.4, 0.5), the 5th
-  from the end is the cache, the last two are not generated.
-
-  Args:
-    cfg: an Infinity-style model on an official template schedule.
-
-  Returns:
-    The FastVAR plan for this model.
+  Frequency scorer re-selected before every sub-layer, halves scored on
+  their own, cached restoration from the cache scale, S in the middle
+  blocks (`fastvar_layer_range`) of the pruned scales, and the scales from
+  the exit on not generated (`fastvar_scales`). On Infinity's 1M schedule
+  with 32 blocks it is the official configuration: keep 615 of 1,024 at
+  32x32 and 800 of 1,600 at 40x40, cache at 24x24, 48x48 and 64x64
+  skipped. The keep count follows the official `r = int(L * ratio)`
+  (floor), kept = L - r.
 
   Raises:
-    PlanError: for any other schedule (names the one the model has).
+    PlanError: a depth without a pruned block range, or a schedule too
+      short for the roles (field 'num_layers' / 'schedule').
   """
-  if not _is_infinity_template(cfg.schedule):
-    raise plan_lib.PlanError(
-        "FastVAR is defined only for the official Infinity h/w templates "
-        "(any of the 15 ratios at 0.06M / 0.25M / 0.60M / 1M); model "
-        f"{cfg.name!r} has {config_lib.describe_schedule(cfg.schedule)}: "
-        f"{[list(hw) for hw in cfg.schedule]}", plan="fastvar",
-        field="schedule")
   start, stop = fastvar_layer_range(cfg.depth)
   if not 0 < start < stop <= cfg.depth:
     raise plan_lib.PlanError(
         f"depth {cfg.depth} leaves no pruned block range", plan="fastvar",
         field="num_layers")
-  num_scales = len(cfg.schedule)
-  # Positions from the end: on the 1:1 1M schedule these are the 24x24
-  # cache (8) and the 32x32 / 40x40 pruned scales (9, 10).
-  cache_from = num_scales - 1 - _FASTVAR_SKIPPED - len(_FASTVAR_PRUNE_RATIO)
-  ratios = {cache_from + 1 + i: r
-            for i, r in enumerate(_FASTVAR_PRUNE_RATIO.values())}
+  cache_from, num_generated, pruned = fastvar_scales(tuple(cfg.schedule))
   sparse_layers = "F" * start + "S" * (stop - start) + "F" * (cfg.depth - stop)
-  num_generated = num_scales - _FASTVAR_SKIPPED
   scales = []
   for s in range(num_generated):
     n = cfg.tokens_per_scale[s]
-    ratio = ratios.get(s)
-    if ratio is None:
+    keep = n - int(n * pruned.get(s, 0.0))
+    if keep == n:
       scales.append(plan_lib.dense_scale(n, cfg.depth))
       continue
     scales.append(plan_lib.ScalePlan(
-        keep=n - int(n * ratio), layers=sparse_layers, probe_layer=None,
+        keep=keep, layers=sparse_layers, probe_layer=None,
         scorer="frequency", entropy_from="probe", select="sublayer",
         share_cfg=False, restore="cached", cache_from=cache_from,
         guidance=True))
   return plan_lib.SparsityPlan(
       name="fastvar", schedule=tuple(cfg.schedule), num_layers=cfg.depth,
       exit_scale=num_generated, scales=tuple(scales))
-

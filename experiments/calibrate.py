@@ -1,0 +1,101 @@
+r"""Calibrates a ToProVAR plan from prompts (SPEC §5, §9).
+
+  python -m experiments.calibrate --config=configs/emoji.py \
+    --prompts=prompts.txt --num_images=32 --workdir=workdirs/calib
+  python -m experiments.calibrate --config=configs/emoji.py \
+    --prompts=prompts.txt --num_images=32 --target_ssim=0.85 \
+    --workdir=workdirs/calib   # resumes the dense run above, then searches
+
+Dense generation with every layer's attention entropy recorded, saved after
+every batch (an interrupted run resumes from --workdir), then the three
+levels; --target_ssim searches tau, rho*, alpha_min, alpha_max for the
+cheapest plan with that mean SSIM vs dense (frontier.json, frontier.png).
+Writes plan.json (`--config.sparsity.plan=WORKDIR/plan.json`),
+calibration.json, rho_s.png, layer_ratio.png, entropy_maps.png,
+kept_tokens.png and dense/NNNN.png.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from toprovar_jax import flops as flops_lib
+from toprovar_jax import io
+from toprovar_jax import pipeline
+from toprovar_jax.evaluation import budget
+from toprovar_jax.evaluation import calibration as run_lib
+from toprovar_jax.sparsity import calibration
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.",
+                                          lock_config=True)
+_PROMPTS = flags.DEFINE_string("prompts", None, "One prompt (or VAR class "
+                               "label) per line.")
+_NUM = flags.DEFINE_integer("num_images", 0, "Images (prompts cycle); 0 = "
+                            "one per line.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed: image j gets fold_in(seed, j).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumes).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start again in a used "
+                               "workdir.")
+_TARGET = flags.DEFINE_float("target_ssim", 0.0, "Budget mode: mean SSIM vs "
+                             "dense to meet (0 = off).")
+_MAX_EVALS = flags.DEFINE_integer("max_evals", 8, "Budget mode: most plans "
+                                  "generated.")
+_REP = flags.DEFINE_integer("rep_side", 12, "Representative scale (side).")
+_TAU = flags.DEFINE_float("tau", 0.4, "tau of the scale rule.")
+_DIR = flags.DEFINE_enum("direction", "rise", calibration.DIRECTIONS,
+                         "rise: D = first rho_s >= tau; fall: <= tau.")
+_DMIN = flags.DEFINE_integer("min_scale", 1, "Earliest prunable scale.")
+_STAR = flags.DEFINE_float("rho_star", 0.0, "Global cut (0 = largest gap).")
+_AMIN = flags.DEFINE_float("alpha_min", 0.0, "Gate alpha_min.")
+_AMAX = flags.DEFINE_float("alpha_max", 1.0, "Gate alpha_max.")
+_SOURCE = flags.DEFINE_enum("entropy_from", "auto", calibration.ENTROPY_FROM,
+                            "Entropy source of pruned scales.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config, s = _CONFIG.value, _CONFIG.value.sampling
+  base = calibration.CalibrationConfig(
+      tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
+      rho_star=_STAR.value,
+      alpha_min=_AMIN.value, alpha_max=_AMAX.value,
+      entropy_from=_SOURCE.value)
+  sampler = pipeline.sampler_from_config(config)
+  model = sampler.model
+  conditions = run_lib.read_conditions(_PROMPTS.value, model,
+                                       num_images=_NUM.value,
+                                       text_len=s.text_len)
+  resume = (pathlib.Path(_WORKDIR.value) / run_lib.STATE).exists()
+  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value or resume)
+  params, vae_params, _ = pipeline.params_from_config(
+      config, jax.random.key(config.seed))
+  run = dict(seed=_SEED.value, batch_size=s.batch_size,
+             cfg_scale=s.cfg_scale, tau=s.tau)
+  stats = run_lib.collect(sampler, params, vae_params, conditions, workdir,
+                          rep_side=_REP.value, fresh=_OVERWRITE.value, **run)
+  cal, extra = calibration.calibrate(stats, model, base), {}
+  if _TARGET.value:
+    evaluate = budget.ssim_evaluator(
+        sampler, params, vae_params, conditions,
+        run_lib.dense_images(workdir, conditions.num_samples), **run)
+    cal, record = budget.budget_plan(
+        stats, model, base, evaluate, target=_TARGET.value,
+        max_evals=_MAX_EVALS.value, text_tokens=s.text_len)
+    run_lib.write_frontier(workdir, record)
+    extra["budget"] = dict(record, plans=None)
+  flops = flops_lib.plan_flops(cal.plan, model, text_tokens=s.text_len).total
+  dense = flops_lib.dense_flops(model, text_tokens=s.text_len).total
+  extra.update(flops=flops, dense_flops=dense, flop_speedup=dense / flops)
+  run_lib.write_report(workdir, stats, cal, extra=extra)
+  logging.info("Plan %r: %.2fx fewer FLOPs -> %s", cal.plan.name,
+               extra["flop_speedup"], workdir / "plan.json")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "prompts", "workdir"])
+  app.run(main)

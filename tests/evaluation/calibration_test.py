@@ -1,0 +1,162 @@
+"""A calibration run on the micro Infinity model: statistics, resume, report.
+
+The micro config (4 scales to 6x6, 3 layers) with a stride-2 BSQ tokenizer
+(12x12 images), random weights, fp32 CPU. An interrupted run (an exception
+after its first batch) resumes from its saved state and ends with the same
+statistics and images as an uninterrupted one.
+"""
+
+import functools
+import json
+import pathlib
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toprovar_jax import testing
+from toprovar_jax.evaluation import calibration as run_lib
+from toprovar_jax.models import config as config_lib
+from toprovar_jax.models import transformer
+from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import runner
+from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.sparsity import calibration
+from toprovar_jax.sparsity import named
+from toprovar_jax.weights import loading
+
+TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1), num_res_blocks=0,
+                           codebook_dim=4)
+RUN = dict(seed=3, batch_size=2, cfg_scale=3.0, tau=1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def setup():
+  cfg = testing.micro_infinity()
+  params = transformer.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(1)
+  vae = jax.tree.map(lambda s: jnp.asarray(
+      rng.normal(0, 0.2, s.shape).astype(np.float32)),
+                     loading.abstract_tokenizer(cfg, TOK))
+  text = rng.normal(0, 0.3, (5, 8, cfg.text_dim)).astype(np.float32)
+  mask = np.arange(8)[None] < np.array([[3], [8], [5], [6], [2]])
+  cond = conditions_lib.Conditions(text=text * mask[..., None],
+                                   text_mask=mask)
+  sampler = sampler_lib.Sampler(model=cfg, tokenizer=TOK)
+  return sampler, params, vae, cond
+
+
+def collect(workdir, **kw):
+  sampler, params, vae, cond = setup()
+  return run_lib.collect(sampler, params, vae, cond, pathlib.Path(workdir),
+                         rep_side=6, num_samples=2, **RUN, **kw)
+
+
+class Stop(Exception):
+  pass
+
+
+class CollectTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.TemporaryDirectory()
+    cls.full_dir = pathlib.Path(cls.tmp.name) / "full"
+    cls.full_dir.mkdir()
+    cls.full = collect(cls.full_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.tmp.cleanup()
+    super().tearDownClass()
+
+  def test_dense_images_equal_the_runner_and_entropy_is_bounded(self):
+    sampler, params, vae, cond = setup()
+    self.assertEqual(self.full.num_images, 5)
+    out = runner.generate_images(sampler, params, vae, cond, **RUN)
+    np.testing.assert_array_equal(run_lib.dense_images(self.full_dir, 5),
+                                  out.images)
+    # Every token's entropy is a finite, non-negative number of nats, at
+    # most log(keys) (scale 0: one key per layer, entropy 0).
+    self.assertTrue(np.all(self.full.samples[:, :, 0] == 0))
+    keys = np.repeat(np.cumsum([1, 4, 16, 36]), [1, 4, 16, 36])
+    self.assertTrue(np.all(self.full.samples >= -1e-6))
+    self.assertTrue(np.all(self.full.samples <= np.log(keys) + 1e-5))
+
+  def test_interrupted_run_resumes_to_the_same_statistics(self):
+    with tempfile.TemporaryDirectory() as d:
+      def stop(j):
+        raise Stop(j)
+      with self.assertRaises(Stop):
+        collect(d, on_batch=stop)
+      saved = run_lib.stats_lib.EntropyStatistics.load(
+          pathlib.Path(d) / run_lib.STATE)
+      self.assertEqual(saved.num_images, 2)
+      resumed = collect(d)
+      self.assertEqual(resumed.num_images, 5)
+      for name in ("rho_sum", "ratios", "hist_count", "map_sum", "samples"):
+        np.testing.assert_allclose(getattr(resumed, name),
+                                   getattr(self.full, name), rtol=1e-6)
+      np.testing.assert_array_equal(run_lib.dense_images(pathlib.Path(d), 5),
+                                    run_lib.dense_images(self.full_dir, 5))
+      sampler, params, vae, cond = setup()
+      other = conditions_lib.Conditions(text=cond.text[::-1],
+                                        text_mask=cond.text_mask[::-1])
+      with self.assertRaisesRegex(ValueError, "from another run"):
+        run_lib.collect(sampler, params, vae, other, pathlib.Path(d),
+                        rep_side=6, **RUN)
+
+  def test_report_files_and_the_plan_loads(self):
+    cal = calibration.calibrate(self.full, setup()[0].model,
+                                calibration.CalibrationConfig(tau=0.0))
+    with tempfile.TemporaryDirectory() as d:
+      d = pathlib.Path(d)
+      (d / "dense").mkdir()
+      for i, img in enumerate(run_lib.dense_images(self.full_dir, 2)):
+        run_lib.io.write_png_atomic(d / "dense" / f"{i:04d}.png", img)
+      run_lib.write_report(d, self.full, cal, extra=dict(flop_speedup=1.5))
+      names = {p.name for p in d.iterdir()}
+      self.assertLessEqual({"plan.json", "calibration.json", "rho_s.png",
+                            "layer_ratio.png", "entropy_maps.png"}, names)
+      self.assertEqual(named.load_plan(str(d / "plan.json"),
+                                       setup()[0].model), cal.plan)
+      rec = json.loads((d / "calibration.json").read_text())
+      self.assertEqual(rec["num_images"], 5)
+      self.assertEqual(rec["flop_speedup"], 1.5)
+      self.assertEqual(rec["keep"], list(cal.keep))
+      self.assertEqual("kept_tokens.png" in names,
+                       any(sp.scorer == "entropy" for sp in cal.plan.scales))
+
+  def test_kept_masks_keep_the_lowest_probe_entropy(self):
+    cfg = setup()[0].model
+    plan = testing.probe_sx_plan(cfg, keep=(8, 16))
+    masks = run_lib.kept_masks(self.full, plan)
+    self.assertEqual(sorted(masks), [2, 3])
+    ent = self.full.samples[:, 0, 5:21]  # scale 2 (4x4), probe layer 0
+    m = masks[2].reshape(2, -1)
+    self.assertTrue(np.all(m.sum(1) == 8))
+    for e, k in zip(ent, m):
+      self.assertLessEqual(e[k].max(), e[~k].min())
+    self.assertEqual(masks[3].shape, (2, 6, 6))
+
+  def test_prompts_file(self):
+    cfg = testing.micro_var()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+      f.write("3\n\n7\n")
+      f.flush()
+      cond = run_lib.read_conditions(f.name, cfg, num_images=3, text_len=0)
+      np.testing.assert_array_equal(cond.labels, [3, 7, 3])
+      f.write("cat\n")
+      f.flush()
+      with self.assertRaisesRegex(ValueError, "one integer class label"):
+        run_lib.read_conditions(f.name, cfg, num_images=0, text_len=0)
+    with self.assertRaisesRegex(ValueError, "prompts: cannot read"):
+      run_lib.read_conditions("/nonexistent.txt", cfg, num_images=0,
+                              text_len=0)
+
+
+if __name__ == "__main__":
+  absltest.main()
