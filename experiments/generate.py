@@ -50,10 +50,14 @@ def main(argv):
   # Cheap validation first: a bad config fails before the workdir is touched.
   samplers = pipeline.samplers_from_config(config)
   conditions = pipeline.conditions_from_config(config, samplers[0])
-  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
-  logging.info("Plans %s, %d samples -> %s",
+  mesh = pipeline.mesh_from_config(config)
+  # Several processes (README "Several hosts"): all compute, process 0 writes.
+  writer = jax.process_index() == 0
+  workdir = (io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value) if writer
+             else None)
+  logging.info("Plans %s, %d samples, mesh %s -> %s",
                [s.resolved_plan.name for s in samplers],
-               conditions.num_samples, workdir)
+               conditions.num_samples, dict(mesh.shape), workdir)
   if conditions.text_features == features.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no T5 encoder yet): images do not "
                     "follow the prompts.", conditions.text_features)
@@ -66,7 +70,9 @@ def main(argv):
   runs = runner.run_plans(
       samplers, pipeline.plan_specs(config), params, vae_params, conditions,
       seed=s.seed, batch_size=s.batch_size, cfg_scale=s.cfg_scale, tau=s.tau,
-      text_tokens=s.text_len)
+      text_tokens=s.text_len, mesh=mesh)
+  if not writer:
+    return
 
   # Everything is computed; now write (each file atomically, results last).
   compare = len(runs) > 1
