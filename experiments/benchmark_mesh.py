@@ -42,10 +42,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("XLA_FLAGS", latency.GPU_XLA_FLAGS)
-  logging.info("devices: %s", jax.devices())
+  mesh = sharding.make_mesh(devices=jax.devices()[:_DEVICES.value])
+  logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
   setup = latency.BenchSetup(variant=_VARIANT.value, batch=_BATCH.value,
                              text_len=_TEXT_LEN.value)
-  mesh = sharding.make_mesh(devices=jax.devices()[:_DEVICES.value])
   cfg, tok, params, vparams, _ = latency.init_model(setup)
   plan = latency.resolve_plan(_PLAN.value, cfg)
   out = pathlib.Path(_OUT.value)
