@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax import report
+from toprovar_jax import sharding
 from toprovar_jax.sampling import runner
 from toprovar_jax.text import features
 
@@ -37,11 +38,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Allow a workdir that already holds files.")
+# Several hosts (README "Several devices and hosts"): one process per host.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", "", "host:port of process 0 ('' = one process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's id.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
   config = _CONFIG.value
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())

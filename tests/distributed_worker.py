@@ -27,9 +27,8 @@ from toprovar_jax.sampling import runner  # noqa: E402
 
 
 def main(port: str, process_id: str, out: str) -> None:
-  jax.distributed.initialize(coordinator_address=f"localhost:{port}",
-                             num_processes=2, process_id=int(process_id),
-                             initialization_timeout=120)
+  sharding.initialize(f"localhost:{port}", 2, int(process_id),
+                      timeout_s=120)
   cfg, params, vae, cond = sharding_test._setup()  # pylint: disable=protected-access
   smp = sharding_test._sampler(cfg, sharding_test.sparse_plan(cfg))  # pylint: disable=protected-access
   mesh = sharding.make_mesh()

@@ -29,6 +29,7 @@ Axis types: the mesh's axes are `AxisType.Auto` where jax has axis types
 (the SPMD partitioner propagates shardings; `Explicit` would make every
 shape-changing op of the sampler state its sharding), given explicitly.
 
+  initialize                 `jax.distributed.initialize` for N processes
   make_mesh / mesh_axes      the mesh from (axis, size) pairs, its record
   rows_per_call              a batch size rounded up to the data axis
   row_sharding, replicated   NamedShardings of batches and of the rest
@@ -67,6 +68,33 @@ DEFAULT_MESH = ((DATA, -1),)
 
 def _fail(field: str, message: str):
   raise ValueError(f"config.{field}: {message}")
+
+
+def initialize(coordinator: str = "", num_processes: int = 1,
+               process_id: int = 0, *, timeout_s: int = 300) -> None:
+  """Joins this process to a run of `num_processes` (one per host).
+
+  Call it first, before anything touches a device. One process (the
+  default) does nothing. Every process passes the same coordinator
+  ("host:port" of process 0, reachable from all hosts) and its own id.
+
+  Raises:
+    ValueError: a missing coordinator or an id outside [0, num_processes).
+  """
+  if num_processes == 1 and not coordinator:
+    return
+  if num_processes < 1:
+    raise ValueError(f"--num_processes: must be >= 1, got {num_processes}")
+  if not coordinator:
+    raise ValueError("--coordinator: host:port of process 0 is needed for "
+                     f"{num_processes} processes")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id: must be in [0, {num_processes}), got "
+                     f"{process_id}")
+  jax.distributed.initialize(coordinator_address=coordinator,
+                             num_processes=num_processes,
+                             process_id=process_id,
+                             initialization_timeout=timeout_s)
 
 
 def make_mesh(spec: Sequence[Tuple[str, int]] = DEFAULT_MESH, *,
