@@ -211,8 +211,8 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   # Orbax dir of the tokenizer variables; '' = random init.
   config.ckpt.tokenizer = _join(ckpt_dir, "tokenizer")
 
-  # Device mesh as (axis, size) pairs, -1 = all the rest (SPEC §10; not read
-  # yet: everything runs on the default device until scale-out lands).
+  # Device mesh as (axis, size) pairs, -1 = all the rest (SPEC §10): 'data'
+  # splits rows, an optional 'model' axis heads and FFN (toprovar_jax.sharding).
   config.mesh = (("data", -1),)
   # Seed of the random parameter init used when a checkpoint path is ''.
   config.seed = 0

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax import report
+from toprovar_jax import sharding
 from toprovar_jax.sampling import runner
 from toprovar_jax.text import features
 
@@ -37,11 +38,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Allow a workdir that already holds files.")
+# Several hosts (README "Several devices and hosts"): one process per host.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", "", "host:port of process 0 ('' = one process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's id.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
   config = _CONFIG.value
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
@@ -50,10 +58,14 @@ def main(argv):
   # Cheap validation first: a bad config fails before the workdir is touched.
   samplers = pipeline.samplers_from_config(config)
   conditions = pipeline.conditions_from_config(config, samplers[0])
-  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
-  logging.info("Plans %s, %d samples -> %s",
+  mesh = pipeline.mesh_from_config(config)
+  # Several processes (README "Several hosts"): all compute, process 0 writes.
+  writer = jax.process_index() == 0
+  workdir = (io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value) if writer
+             else None)
+  logging.info("Plans %s, %d samples, mesh %s -> %s",
                [s.resolved_plan.name for s in samplers],
-               conditions.num_samples, workdir)
+               conditions.num_samples, dict(mesh.shape), workdir)
   if conditions.text_features == features.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no t5_dir= given): images do not "
                     "follow the prompts.", conditions.text_features)
@@ -66,7 +78,9 @@ def main(argv):
   runs = runner.run_plans(
       samplers, pipeline.plan_specs(config), params, vae_params, conditions,
       seed=s.seed, batch_size=s.batch_size, cfg_scale=s.cfg_scale, tau=s.tau,
-      text_tokens=s.text_len)
+      text_tokens=s.text_len, mesh=mesh)
+  if not writer:
+    return
 
   # Everything is computed; now write (each file atomically, results last).
   compare = len(runs) > 1

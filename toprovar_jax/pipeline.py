@@ -10,6 +10,7 @@ writes files.
   samplers_from_config    ConfigDict -> one Sampler per plan (validated)
   conditions_from_config  labels / prompts -> Conditions (validated)
   params_from_config      config.ckpt -> weights (`weights.loading`)
+  mesh_from_config        config.mesh -> the run's device mesh (`sharding`)
 
 What happens next lives in its own module: the generate loop
 (`sampling.runner`), the report (`report`), the conditions and text
@@ -28,6 +29,7 @@ from typing import Any, Tuple
 
 import jax
 
+from toprovar_jax import sharding
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
@@ -192,3 +194,16 @@ def params_from_config(config, rng: jax.Array
       model, config_lib.get_tokenizer(model.name),
       transformer_path=config.ckpt.transformer,
       tokenizer_path=config.ckpt.tokenizer, rng=rng)
+
+
+def mesh_from_config(config) -> jax.sharding.Mesh:
+  """`sharding.make_mesh` of `config.mesh` ((axis, size) pairs; default
+  one `data` axis over every device), checked against the model's heads
+  and FFN width when it has a `model` axis.
+
+  Raises:
+    ValueError: a bad mesh, naming `config.mesh`.
+  """
+  mesh = sharding.make_mesh(tuple(config.mesh), field="mesh")
+  sharding.check_model(mesh, config_lib.get_variant(config.model.variant))
+  return mesh

@@ -152,4 +152,6 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
       flops_note="analytic transformer FLOPs per image with CFG "
                  "(toprovar_jax.flops); tokenizer decode not counted",
       compiler_options=runner.compiler_options(),
+      mesh=ref.output.mesh, device_count=jax.device_count(),
+      process_count=jax.process_count(),
       devices=[str(d) for d in jax.devices()], jax_version=jax.__version__)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
+from toprovar_jax import sharding
 from toprovar_jax.bench import profile
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
@@ -202,17 +203,26 @@ def make_sampler(cfg, tok, setup: BenchSetup, plan: plan_lib.SparsityPlan,
 
 
 def compile_program(smp: sampler_lib.Sampler, params, vparams,
-                    cond: conditions_lib.Conditions, *, seed: int = 0):
+                    cond: conditions_lib.Conditions, *, seed: int = 0,
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    options: Optional[Dict[str, Any]] = None):
   """(compiled program, its call arguments) of one batch, through the
   runner: images 0..B-1 of `seed`, the benchmark's guidance. XLA's default
-  compiler options (what is timed is the program XLA makes by default)."""
+  compiler options (what is timed is the program XLA makes by default).
+  With a `mesh`, the sharded program (`toprovar_jax.sharding`; the batch
+  must be a multiple of its data axis), its arguments placed on the mesh.
+  `options`: XLA compiler options (tests: `runner.compiler_options()`)."""
   keys, arrays = runner.batch_inputs(smp, cond, range(cond.num_samples),
-                                     seed=seed)
+                                     seed=seed, mesh=mesh)
   vae = vparams if smp.model.style == "var" else None
+  guidance = (jnp.float32(_CFG_SCALE[smp.model.style]), jnp.float32(_TAU))
+  if mesh is not None:
+    params = sharding.put_params(params, mesh)
+    vae = None if vae is None else sharding.put_replicated(vae, mesh)
+    guidance = sharding.put_replicated(guidance, mesh)
   compiled = runner.compile_generate(smp, params, vae, keys, arrays,
-                                     options=None)
-  args = (params, vae, keys, jnp.float32(_CFG_SCALE[smp.model.style]),
-          jnp.float32(_TAU))
+                                     options=options, mesh=mesh)
+  args = (params, vae, keys) + tuple(guidance)
   return compiled, args, arrays
 
 

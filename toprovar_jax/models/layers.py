@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toprovar_jax.models import axes
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.ops import attention as attention_ops
 
@@ -166,8 +167,10 @@ class SelfAttention(nn.Module):
 
   def setup(self):
     c, h = self.cfg.width, self.cfg.num_heads
-    self.mat_qkv = nn.Dense(3 * c, use_bias=False, dtype=self.dtype,
-                            name="mat_qkv")
+    # nn.Dense(3C, use_bias=False)'s parameter, computed head by head
+    # (tensor parallelism: axes.HeadsDense).
+    self.mat_qkv = axes.HeadsDense(3, h, self.cfg.head_dim, self.dtype,
+                                   name="mat_qkv")
     self.q_bias = self.param("q_bias", nn.initializers.zeros, (c,))
     self.v_bias = self.param("v_bias", nn.initializers.zeros, (c,))
     # Initialised at ln 4 like the official scale_mul_1H11.
@@ -182,9 +185,8 @@ class SelfAttention(nn.Module):
     so the attention softmax scale is 1. RoPE (Infinity) is applied after the
     normalisation, as the official code does; rotations keep norms.
     """
-    b, n, c = x.shape
     h, d = self.cfg.num_heads, self.cfg.head_dim
-    qkv = self.mat_qkv(x).reshape(b, n, 3, h, d)
+    qkv = self.mat_qkv(x)  # (B, N, 3, H, D)
     # The biases [q_bias, 0, v_bias] added per part rather than as one
     # concatenated vector: the same sums, without a concat kernel per layer
     # (the adds fuse into the normalisation and the cache write).
@@ -197,7 +199,10 @@ class SelfAttention(nn.Module):
     if rope is not None:
       q = apply_rope(q, *rope)
       k = apply_rope(k, *rope)
-    return q.astype(self.dtype), k.astype(self.dtype), v
+    heads = (axes.BATCH, None, axes.HEADS, None)
+    return (axes.constrain(q.astype(self.dtype), heads),
+            axes.constrain(k.astype(self.dtype), heads),
+            axes.constrain(v, heads))
 
   def __call__(self, x: Array, *, rope=None, kv_prefix: Optional[KV] = None,
                kv_buffer: Optional[KVBuffer] = None,
@@ -256,8 +261,8 @@ class CrossAttention(nn.Module):
   def setup(self):
     c = self.cfg.width
     self.mat_q = nn.Dense(c, dtype=self.dtype, name="mat_q")
-    self.mat_kv = nn.Dense(2 * c, use_bias=False, dtype=self.dtype,
-                           name="mat_kv")
+    self.mat_kv = axes.HeadsDense(2, self.cfg.num_heads, self.cfg.head_dim,
+                                  self.dtype, name="mat_kv")
     self.v_bias = self.param("v_bias", nn.initializers.zeros, (c,))
     self.proj = nn.Dense(c, dtype=self.dtype, name="proj")
 
@@ -267,11 +272,12 @@ class CrossAttention(nn.Module):
     Computed once per generation; the official code recomputes it at every
     scale (ARCHITECTURES B.3), which gives the same numbers.
     """
-    b, t, _ = text.shape
     h, d = self.cfg.num_heads, self.cfg.head_dim
-    bias = jnp.concatenate([jnp.zeros_like(self.v_bias), self.v_bias])
-    kv = (self.mat_kv(text) + bias.astype(self.dtype)).reshape(b, t, 2, h, d)
-    return kv[:, :, 0], kv[:, :, 1]
+    kv = self.mat_kv(text)  # (B, T, 2, H, D)
+    heads = (axes.BATCH, None, axes.HEADS, None)
+    return (axes.constrain(kv[:, :, 0], heads),
+            axes.constrain(kv[:, :, 1] + self.v_bias.astype(
+                self.dtype).reshape(h, d), heads))
 
   def __call__(self, x: Array, text_kv: KV, text_mask: Optional[Array] = None,
                impl: str = "xla",
@@ -300,6 +306,8 @@ class FFN(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = nn.Dense(self.cfg.mlp_hidden, dtype=self.dtype, name="fc1")(x)
+    h = axes.constrain(h, (axes.BATCH,) + (None,) * (h.ndim - 2)
+                       + (axes.MLP,))
     return nn.Dense(self.cfg.width, dtype=self.dtype, name="fc2")(gelu_tanh(h))
 
 

@@ -18,7 +18,11 @@ timed apart from the runs.
 
 Because every image has its own key (`Sampler.generate` draws each row from
 its own key only), an image is the same whatever the batch size, the other
-images of its batch or (later) the device it runs on.
+images of its batch or the device it runs on. With a `mesh`
+(`toprovar_jax.sharding`), rows are split over its `data` axis (the batch
+rounded up to a multiple of it, the padding rows dropped), parameters placed
+by its rules, and the program is `sharding.generate_program`; without one,
+the unsharded `Sampler.generate` on the default device.
 
 Dimension letters: N samples, B batch, H, W image height and width, P plans.
 """
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
+from toprovar_jax import sharding
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import vqvae
 from toprovar_jax.sampling import conditions as conditions_lib
@@ -104,12 +109,14 @@ class Output:
     timings: seconds: compile_generate_s, compile_decode_s (lower + XLA
       compile, once), generate_s (all batches, device-synced), decode_s
       (all batches, including the copy to the host).
+    mesh: the mesh's axes ({"data": 4}) or None (unsharded program).
   """
   images: np.ndarray
   seed: int
   batches: Tuple[int, ...]
   rows: Tuple[int, ...]
   timings: Dict[str, float]
+  mesh: Optional[Dict[str, int]] = None
 
 
 def compiler_options() -> Optional[Dict[str, Any]]:
@@ -138,9 +145,11 @@ def _compiled_decoder(sampler: sampler_lib.Sampler, vae_params,
                       latent_spec: jax.ShapeDtypeStruct,
                       options: Optional[Dict[str, Any]]):
   layout = (jax.tree.structure(vae_params),
-            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(vae_params)))
+            tuple((x.shape, str(x.dtype), getattr(x, "sharding", None))
+                  for x in jax.tree.leaves(vae_params)))
   key = (sampler.model.style, sampler.tokenizer, latent_spec.shape,
-         str(latent_spec.dtype), layout, tuple(sorted((options or {}).items())))
+         str(latent_spec.dtype), latent_spec.sharding, layout,
+         tuple(sorted((options or {}).items())))
   if key not in _DECODERS:
     _DECODERS[key] = _decode_uint8.lower(
         sampler.model.style, sampler.tokenizer, vae_params,
@@ -150,7 +159,8 @@ def _compiled_decoder(sampler: sampler_lib.Sampler, vae_params,
 
 def batch_inputs(sampler: sampler_lib.Sampler,
                  conditions: conditions_lib.Conditions,
-                 slots: Sequence[int], *, seed: int
+                 slots: Sequence[int], *, seed: int,
+                 mesh: Optional[jax.sharding.Mesh] = None
                  ) -> Tuple[Array, Dict[str, Array]]:
   """(row keys, condition arrays) of one batch.
 
@@ -160,6 +170,7 @@ def batch_inputs(sampler: sampler_lib.Sampler,
     slots: the batch's image indices; slots >= N repeat the last condition
       (padding) but keep their own keys.
     seed: the run's seed.
+    mesh: split the rows over its `data` axis (None: default device).
 
   Returns:
     ((B,) keys `image_keys(seed, slots)`, dict of labels (B,) or text
@@ -167,11 +178,14 @@ def batch_inputs(sampler: sampler_lib.Sampler,
   """
   rows = np.minimum(np.asarray(slots), conditions.num_samples - 1)
   if sampler.model.style == "var":
-    cond = dict(labels=jnp.asarray(conditions.labels[rows]))
+    cond = dict(labels=conditions.labels[rows])
   else:
-    cond = dict(text=jnp.asarray(conditions.text[rows]),
-                text_mask=jnp.asarray(conditions.text_mask[rows]))
-  return image_keys(seed, slots), cond
+    cond = dict(text=conditions.text[rows],
+                text_mask=conditions.text_mask[rows])
+  if mesh is not None:
+    return (sharding.row_keys(seed, slots, mesh),
+            {k: sharding.put_rows(v, mesh) for k, v in cond.items()})
+  return image_keys(seed, slots), {k: jnp.asarray(v) for k, v in cond.items()}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -188,19 +202,31 @@ class CompiledGenerate:
 
 def compile_generate(sampler: sampler_lib.Sampler, params, vae_params,
                      keys, cond: Dict[str, Any], *,
-                     options: Optional[Dict[str, Any]]) -> CompiledGenerate:
+                     options: Optional[Dict[str, Any]],
+                     mesh: Optional[jax.sharding.Mesh] = None
+                     ) -> CompiledGenerate:
   """Lowers and compiles `Sampler.generate` for these argument shapes.
 
   Any argument may be a `jax.ShapeDtypeStruct` (nothing runs: compile-time
   studies on abstract weights). `options`: XLA compiler options (None =
-  XLA's defaults; `compiler_options()` is the CPU-friendly choice).
+  XLA's defaults; `compiler_options()` is the CPU-friendly choice). With a
+  `mesh`, the sharded program (`sharding.generate_program`; arguments placed
+  by `batch_inputs(mesh=...)` and `sharding.put_params`).
   """
   t0 = time.perf_counter()
-  lowered = type(sampler).generate.lower(
-      sampler, params, vae_params, keys, jnp.float32(0), jnp.float32(0),
-      **cond)
+  guidance = (jnp.float32(0), jnp.float32(0))
+  if mesh is None:
+    lowered = type(sampler).generate.lower(
+        sampler, params, vae_params, keys, *guidance, **cond)
+  else:
+    program = sharding.generate_program(
+        sampler, mesh, tuple(sorted(cond)), with_vae=vae_params is not None)
+    guidance = sharding.put_replicated(guidance, mesh)
+    lowered = program.lower(params, vae_params, keys, *guidance, cond)
   t1 = time.perf_counter()
   fn = lowered.compile(compiler_options=options)
+  if mesh is not None:
+    fn = sharding.ShardedProgram(fn)
   return CompiledGenerate(fn=fn, lowered=lowered, lower_s=t1 - t0,
                           compile_s=time.perf_counter() - t1)
 
@@ -211,7 +237,8 @@ _CPU_DEFAULT = object()
 def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
                     conditions: conditions_lib.Conditions, *, seed: int,
                     batch_size: int, cfg_scale: float, tau: float,
-                    options: Any = _CPU_DEFAULT) -> Output:
+                    options: Any = _CPU_DEFAULT,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> Output:
   """Generates and decodes `conditions.num_samples` images in batches.
 
   The one generate loop of the package. Every batch has the static
@@ -234,6 +261,9 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
     tau: Infinity logit temperature (VAR ignores it).
     options: XLA compiler options of both compiles; default
       `compiler_options()` (CPU: fast compiles), None = XLA's defaults.
+    mesh: run sharded on this mesh (`sharding.make_mesh`): rows over its
+      `data` axis, `batch_size` rounded up to a multiple of it (the extra
+      rows are padding, dropped); None = the unsharded program.
 
   Returns:
     Output.
@@ -250,29 +280,43 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
   if conditions.text_mask is not None:
     sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
+  if mesh is not None:
+    rows = sharding.rows_per_call(batch_size, mesh)
+    if rows != batch_size:
+      logging.info("batch_size %d -> %d rows per call (a multiple of the "
+                   "mesh's data axis)", batch_size, rows)
+    batch_size = rows
+    params = sharding.put_params(params, mesh)
+    vae_params = sharding.put_replicated(vae_params, mesh)
   num_batches = -(-n // batch_size)
   slots = lambda j: range(j * batch_size, (j + 1) * batch_size)
   guidance = (jnp.float32(cfg_scale), jnp.float32(tau))
+  if mesh is not None:
+    guidance = sharding.put_replicated(guidance, mesh)
 
   # AOT compile, timed apart from the runs.
-  keys, cond = batch_inputs(sampler, conditions, slots(0), seed=seed)
+  keys, cond = batch_inputs(sampler, conditions, slots(0), seed=seed,
+                            mesh=mesh)
   vae_arg = vae_params if sampler.model.style == "var" else None
   compiled = compile_generate(sampler, params, vae_arg, keys, cond,
-                              options=options)
+                              options=options, mesh=mesh)
   t1 = time.perf_counter()
   latent_info = compiled.lowered.out_info.latent
-  latent_spec = jax.ShapeDtypeStruct(latent_info.shape, latent_info.dtype)
+  latent_spec = jax.ShapeDtypeStruct(
+      latent_info.shape, latent_info.dtype,
+      sharding=latent_info.sharding if mesh is not None else None)
   dec = _compiled_decoder(sampler, vae_params, latent_spec, options)
   t2 = time.perf_counter()
 
   images, gen_s, dec_s = [], 0.0, 0.0
   for j in range(num_batches):
-    keys, cond = batch_inputs(sampler, conditions, slots(j), seed=seed)
+    keys, cond = batch_inputs(sampler, conditions, slots(j), seed=seed,
+                              mesh=mesh)
     ta = time.perf_counter()
     out = jax.block_until_ready(
         compiled.fn(params, vae_arg, keys, *guidance, **cond))
     tb = time.perf_counter()
-    images.append(np.asarray(dec(vae_params, out.latent)))
+    images.append(sharding.to_host(dec(vae_params, out.latent)))
     tc = time.perf_counter()
     gen_s += tb - ta
     dec_s += tc - tb
@@ -286,7 +330,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
       rows=tuple(i % batch_size for i in samples),
       timings=dict(compile_generate_s=compiled.lower_s + compiled.compile_s,
                    compile_decode_s=t2 - t1, generate_s=gen_s,
-                   decode_s=dec_s))
+                   decode_s=dec_s),
+      mesh=None if mesh is None else sharding.mesh_axes(mesh))
 
 
 # --------------------------------------------------------------------------
@@ -324,7 +369,9 @@ class PlanRun:
 def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
               params, vae_params, conditions: conditions_lib.Conditions, *,
               seed: int, batch_size: int, cfg_scale: float, tau: float,
-              text_tokens: int = 0) -> Tuple[PlanRun, ...]:
+              text_tokens: int = 0,
+              mesh: Optional[jax.sharding.Mesh] = None
+              ) -> Tuple[PlanRun, ...]:
   """`generate_images` for every plan with the same seeds and conditions.
 
   Plans run one after another (each compiles, then generates), so their
@@ -333,8 +380,8 @@ def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
   Args:
     samplers: P samplers (`pipeline.samplers_from_config`; reference first).
     specs: their P plan specs (`pipeline.plan_specs`).
-    params, vae_params, conditions, seed, batch_size, cfg_scale, tau: as
-      for `generate_images`.
+    params, vae_params, conditions, seed, batch_size, cfg_scale, tau, mesh:
+      as for `generate_images`.
     text_tokens: T the cross-attention reads (Infinity's static text
       length), for the FLOP count; 0 = `toprovar_jax.flops`' default.
 
@@ -351,7 +398,7 @@ def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
                  conditions.num_samples)
     output = generate_images(sampler, params, vae_params, conditions,
                              seed=seed, batch_size=batch_size,
-                             cfg_scale=cfg_scale, tau=tau)
+                             cfg_scale=cfg_scale, tau=tau, mesh=mesh)
     logging.info("Plan %r timings: %s", name, output.timings)
     runs.append(PlanRun(
         spec=spec, sampler=sampler, output=output,

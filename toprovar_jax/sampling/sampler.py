@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toprovar_jax.models import axes
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
@@ -71,6 +72,8 @@ Array = jax.Array
 ScaleState = state_lib.ScaleState
 
 KV_READS = ("slice", "buffer")
+# Logical axes of a segment's KV cache (L_seg, R, M, H, D).
+_CACHE_AXES = (axes.LAYERS, axes.BATCH, None, axes.HEADS, None)
 _LAYER_LOOPS = ("scan", "while")
 
 
@@ -316,7 +319,10 @@ class Sampler:
       cap = sum(layout.tokens_written(plan, s, a)
                 for s in range(cached_scales))
       k = jnp.zeros((z - a, 2 * b, cap, h, dh), dtype)
-      caches.append((k, jnp.zeros_like(k)))
+      # Rows over `data`, heads over `model` under a mesh (toprovar_jax
+      # .sharding); the identity without one.
+      k = axes.constrain(k, _CACHE_AXES)
+      caches.append((k, axes.constrain(jnp.zeros_like(k), _CACHE_AXES)))
     return ScaleState(
         x=cond.x0, latent=program.acc.init(b), caches=tuple(caches),
         cond=cond, text_kv=tkv, text_lengths=text_lengths, layer_params=None,
