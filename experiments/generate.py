@@ -48,11 +48,11 @@ def main(argv):
   logging.info("Config:\n%s", config)
 
   # Cheap validation first: a bad config fails before the workdir is touched.
-  samplers = pipeline.samplers_from_config(config)
+  samplers = pipeline.generators_from_config(config)
   conditions = pipeline.conditions_from_config(config, samplers[0])
   workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
   logging.info("Plans %s, %d samples -> %s",
-               [s.resolved_plan.name for s in samplers],
+               [runner.run_name(s) for s in samplers],
                conditions.num_samples, workdir)
   if conditions.text_features == features.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no T5 encoder yet): images do not "

@@ -27,8 +27,11 @@ from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import vqvae
 from toprovar_jax.ops import resample
+from toprovar_jax.sampling import branching
 from toprovar_jax.sparsity import adaptive as adaptive_lib
+from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import classifier as classifier_lib
+from toprovar_jax.sparsity import named
 
 Array = jax.Array
 
@@ -121,3 +124,29 @@ class AdaptivePolicy:
 
   def choose(self, feats: np.ndarray) -> np.ndarray:
     return self.spec.choose(np.asarray(feats).mean(axis=1))
+
+
+# -- generators from specs --------------------------------------------------
+
+
+def skipvar_branching(base, spec: classifier_lib.SkipVarSpec):
+  """The SkipVAR generator: one suffix plan per class (`baselines`' action
+  names, 'skipvar_skipK[_uncondS]', or any plan spec), on `base`'s model,
+  sampling and execution."""
+  if spec.model != base.model.name:
+    raise ValueError(f"skipvar classifier: field 'model': trained on "
+                     f"{spec.model!r}, not {base.model.name!r}")
+  plans = [baselines.skipvar_action_plan(c, base.model)
+           or named.load_plan(c, base.model) for c in spec.classes]
+  return branching.Branching(
+      name="skipvar", decision_scale=spec.decision_scale,
+      suffixes=tuple(dataclasses.replace(base, plan=p) for p in plans),
+      policy=SkipVarPolicy(spec))
+
+
+def adaptive_branching(base, spec: adaptive_lib.AdaptiveSpec):
+  """The adaptive ToProVAR generator of a resolved spec."""
+  return branching.Branching(
+      name=spec.name, decision_scale=spec.decision_scale,
+      suffixes=tuple(dataclasses.replace(base, plan=p) for p in spec.plans),
+      policy=AdaptivePolicy(spec))

@@ -211,3 +211,32 @@ def spec_to_dict(spec: SkipVarSpec,
              weights=[list(r) for r in c.weights], bias=list(c.bias))
   out.update(extra or {})
   return out
+
+
+def load_spec(path) -> SkipVarSpec:
+  """Reads a SkipVAR classifier JSON file (errors name the file and field)."""
+  where = f"skipvar classifier {str(path)!r}"
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except OSError as e:
+    raise plan_lib.PlanError(f"{where}: cannot read: {e.strerror}") from None
+  except json.JSONDecodeError as e:
+    raise plan_lib.PlanError(f"{where}: not JSON: {e.msg} (line "
+                             f"{e.lineno})") from None
+  return spec_from_dict(d, where)
+
+
+def default_feature_scale(schedule) -> int:
+  """SkipVAR decodes at Infinity's 8x8 scale, 1/8 of the final 64x64 side:
+  the scale whose side is nearest 1/8 of the final side (the larger on a
+  tie)."""
+  sides = [h for h, _ in schedule]
+  target = sides[-1] / 8
+  return min(range(len(sides)), key=lambda s: (abs(sides[s] - target), -s))
+
+
+def default_decision_scale(num_scales: int) -> int:
+  """SkipVAR decides after scale 9 of Infinity's 13 (it can then skip the
+  last 3): d = S - 3."""
+  return max(2, num_scales - 3)
