@@ -73,7 +73,7 @@ def outcomes(br: branching.Branching, params, vae_params,
       cfg_scale=cfg_scale, tau=tau, options=options)
   dense_img = images[ref].astype(np.float32) / 255.0
   ssim = np.stack([np.asarray(image_metrics.ssim(
-      images[k].astype(np.float32) / 255.0, dense_img))
+      images[k].astype(np.float32) / 255.0, dense_img), np.float64)
                    for k in range(len(br.plans))])
   kw = dict(text_tokens=text_tokens) if text_tokens else {}
   return Outcomes(features=feats, ssim=ssim, flops=br.plan_flops(text_tokens),

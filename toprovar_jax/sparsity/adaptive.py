@@ -18,10 +18,13 @@ thresholds on training captions. The spec is a JSON file, selected with
 
   {"kind": "adaptive", "name": "emoji_adaptive", "decision_scale": 10,
    "statistic_scales": [7, 8, 9],
-   "plans": ["emoji_default", "PATH/plan.json", {inline plan}, ...],
-   "thresholds": [0.47, ...]}
+   "plans": ["emoji_default", "PATH/plan.json", {inline plan},
+             "skipvar_skip1", ...],
+   "thresholds": [0.47, ...], "record": {how it was calibrated}}
 
-A plan given as a relative path is read relative to the spec's folder.
+A plan is a plan spec (`named.load_plan`), a SkipVAR action name (an exit
+depth), or a plan object; a relative path is read relative to the spec's
+folder.
 Every error names its field (one line, PlanError).
 """
 
@@ -38,6 +41,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from toprovar_jax.models import config as config_lib
+from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import named
 from toprovar_jax.sparsity import plan as plan_lib
@@ -45,7 +49,7 @@ from toprovar_jax.sparsity import validation
 
 MAX_PLANS = 4
 _FIELDS = ("kind", "name", "decision_scale", "statistic_scales", "plans",
-           "thresholds")
+           "thresholds", "record")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,9 @@ def _resolve_plan(entry: Any, i: int, folder: Optional[pathlib.Path],
       return validation.validate_plan(codec.plan_from_json(dict(entry)), cfg)
     if not isinstance(entry, str):
       raise _bad(where, field, "must be a plan name, a path or a plan object")
+    action = baselines.skipvar_action_plan(entry, cfg)
+    if action is not None:  # 'skipvar_skipK[_uncondS]': an exit depth
+      return action
     if folder is not None and not os.path.isabs(entry):
       local = folder / entry
       if local.is_file():
@@ -105,7 +112,7 @@ def spec_from_dict(d: Any, cfg: config_lib.TransformerConfig, *,
   for key in d:
     if key not in _FIELDS:
       raise _bad(where, key, f"unknown field (known: {list(_FIELDS)})")
-  for key in _FIELDS[1:]:
+  for key in _FIELDS[1:-1]:  # "kind" and "record" (calibration) optional
     if key not in d:
       raise _bad(where, key, "missing")
   if d.get("kind", "adaptive") != "adaptive":
@@ -159,15 +166,35 @@ def load_spec(path, cfg: config_lib.TransformerConfig) -> AdaptiveSpec:
   return spec_from_dict(d, cfg, where=where, folder=path.parent)
 
 
-def spec_to_dict(spec: AdaptiveSpec, plans: Optional[Sequence[Any]] = None
+def spec_to_dict(spec: AdaptiveSpec, record: Optional[Dict[str, Any]] = None
                  ) -> Dict[str, Any]:
-  """The JSON object of `spec`; plans inline unless given (names/paths)."""
-  return dict(kind="adaptive", name=spec.name,
-              decision_scale=spec.decision_scale,
-              statistic_scales=list(spec.statistic_scales),
-              plans=(list(plans) if plans is not None else
-                     [codec.plan_to_dict(p) for p in spec.plans]),
-              thresholds=list(spec.thresholds))
+  """The JSON object of `spec` (plans inline), with an optional record."""
+  out = dict(kind="adaptive", name=spec.name,
+             decision_scale=spec.decision_scale,
+             statistic_scales=list(spec.statistic_scales),
+             plans=[codec.plan_to_dict(p) for p in spec.plans],
+             thresholds=list(spec.thresholds))
+  if record is not None:
+    out["record"] = record
+  return out
+
+
+def first_difference(plans: Sequence[plan_lib.SparsityPlan]) -> int:
+  """The first scale at which the plans differ (their latest possible
+  decision scale)."""
+  n = min(p.num_generated for p in plans)
+  for s in range(n):
+    if len({p.scales[s] for p in plans}) > 1:
+      return s
+  return n
+
+
+def first_pruned(plan: plan_lib.SparsityPlan) -> int:
+  """D of a plan: its first scale that is not all F (or its exit)."""
+  for s, sp in enumerate(plan.scales):
+    if set(sp.layers) != {"F"} or not sp.guidance:
+      return s
+  return plan.num_generated
 
 
 def family(base: plan_lib.SparsityPlan, first_pruned: Sequence[int],
