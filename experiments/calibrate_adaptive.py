@@ -20,7 +20,6 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from toprovar_jax import flops as flops_lib
@@ -51,7 +50,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  base = pipeline.generator_from_spec(config, "dense")
+  base, conditions, params, vae, source, prompts = (
+      pipeline.dense_run_from_prompts_file(config, _PROMPTS.value,
+                                           _NUM.value))
   model = base.model
   if _PLANS.value:
     plans = [named.load_plan(p, model) for p in _PLANS.value]
@@ -63,12 +64,6 @@ def main(argv):
     plans = adaptive.family(plan, depths, model)
   d = adaptive.first_difference(plans)
   stats = [int(s) for s in _STATS.value] or list(range(max(0, d - 3), d))
-  with open(_PROMPTS.value, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f if line.strip()]
-  conditions = pipeline.conditions_for_prompts(config, base, prompts,
-                                               _NUM.value)
-  params, vae, source = pipeline.params_from_config(
-      config, jax.random.key(config.seed))
   flops = sorted(flops_lib.plan_flops(
       p, model, text_tokens=config.sampling.text_len).total for p in plans)
   budget = flops[_BUDGET.value if _BUDGET.value >= 0 else (len(plans) - 1) // 2]
@@ -80,10 +75,9 @@ def main(argv):
       budget_flops=budget, seed=_SEED.value, batch_size=_BATCH.value,
       cfg_scale=config.sampling.cfg_scale, tau=config.sampling.tau,
       text_tokens=config.sampling.text_len)
-  record.update(seconds=time.perf_counter() - t0, seed=_SEED.value,
-                prompts_file=_PROMPTS.value, num_prompts=len(prompts),
-                params_source=source.transformer,
-                random_init=bool(source.random_init))
+  record.update(branch_training.provenance(
+      source, _PROMPTS.value, prompts, seed=_SEED.value,
+      seconds=time.perf_counter() - t0))
   logging.info("Adaptive calibration: %s", record)
   io.write_json_atomic(_OUT.value, adaptive.spec_to_dict(spec, record))
   logging.info("Wrote %s (%.0f s)", _OUT.value, record["seconds"])

@@ -19,7 +19,6 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from toprovar_jax import io
@@ -49,13 +48,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  base = pipeline.generator_from_spec(config, "dense")
-  with open(_PROMPTS.value, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f if line.strip()]
-  conditions = pipeline.conditions_for_prompts(config, base, prompts,
-                                               _NUM.value)
-  params, vae, source = pipeline.params_from_config(
-      config, jax.random.key(config.seed))
+  base, conditions, params, vae, source, prompts = (
+      pipeline.dense_run_from_prompts_file(config, _PROMPTS.value,
+                                           _NUM.value))
   model = base.model
   t0 = time.perf_counter()
   spec, record = branch_training.train_skipvar(
@@ -67,10 +62,9 @@ def main(argv):
       ssim_target=_TARGET.value, c=_C.value, seed=_SEED.value,
       batch_size=_BATCH.value, cfg_scale=config.sampling.cfg_scale,
       tau=config.sampling.tau, text_tokens=config.sampling.text_len)
-  record.update(seconds=time.perf_counter() - t0, seed=_SEED.value,
-                prompts_file=_PROMPTS.value, num_prompts=len(prompts),
-                params_source=source.transformer,
-                random_init=bool(source.random_init))
+  record.update(branch_training.provenance(
+      source, _PROMPTS.value, prompts, seed=_SEED.value,
+      seconds=time.perf_counter() - t0))
   logging.info("SkipVAR classifier: %s", record)
   io.write_json_atomic(_OUT.value,
                        classifier.spec_to_dict(spec, dict(training=record)))

@@ -238,6 +238,19 @@ def conditions_for_prompts(config, sampler, prompts, num_samples: int = 0
       text_len=config.sampling.text_len)
 
 
+def dense_run_from_prompts_file(config, path: str, num_samples: int = 0):
+  """(dense Sampler, Conditions of the prompts in `path` (one a line),
+  params, vae_params, ParamsSource, prompts): the inputs of a training run
+  over prompts (`experiments/train_skipvar.py`, `calibrate_adaptive.py`)."""
+  base = generator_from_spec(config, "dense")
+  with open(path, encoding="utf-8") as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  conditions = conditions_for_prompts(config, base, prompts, num_samples)
+  params, vae, source = params_from_config(config,
+                                           jax.random.key(config.seed))
+  return base, conditions, params, vae, source, prompts
+
+
 def params_from_config(config, rng: jax.Array
                        ) -> Tuple[Any, Any, loading.ParamsSource]:
   """`weights.loading.load_or_init` of `config.ckpt` for `config.model`.

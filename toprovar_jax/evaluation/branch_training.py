@@ -183,3 +183,12 @@ def calibrate_adaptive(base: sampler_lib.Sampler, params, vae_params,
       statistic=dict(mean=float(stat.mean()), std=float(stat.std()),
                      corr_with_ssim=corr))
   return spec, record
+
+
+def provenance(source, prompts_file: str, prompts: Sequence[str], *,
+               seed: int, seconds: float) -> Dict[str, Any]:
+  """What a training record says about its inputs (JSON types)."""
+  return dict(seconds=seconds, seed=seed, prompts_file=prompts_file,
+              num_prompts=len(prompts), params_source=source.transformer,
+              params_step=source.transformer_step,
+              random_init=bool(source.random_init))
