@@ -25,6 +25,7 @@
 # Environment overrides (seconds; the defaults are the plan for one H200 in
 # 19 minutes of device time): TOK_S (tokenizer stage), TF1_S / TF2_S
 # (transformer in command 1 / 2), PROBE_S / TOK_PROBE_S (rate probes),
+# ATTN_IMPLS (order of attention implementations to try, e.g. cudnn,xla),
 # WORKDIR, CARRY, and EXTRA (more train_emoji flags, e.g. for a CPU dry run:
 # EXTRA="--override=transformer:--config.batch_size=2").
 set -euo pipefail
@@ -33,7 +34,10 @@ part="${1:?usage: bash scripts/train_emoji_gpu.sh 1|2}"
 WORKDIR="${WORKDIR:-/tmp/emoji_v2}"
 CARRY="${CARRY:-.carry}"
 TOK_S="${TOK_S:-210}" TF1_S="${TF1_S:-300}" TF2_S="${TF2_S:-430}"
-PROBE_S="${PROBE_S:-110}" TOK_PROBE_S="${TOK_PROBE_S:-90}"
+PROBE_S="${PROBE_S:-110}" TOK_PROBE_S="${TOK_PROBE_S:-110}"
+# cuDNN refused the transformer's block mask on jax 0.11.2 (2026-12-03: its
+# probe failed after 72 s), so XLA attention (with remat) is the default.
+ATTN_IMPLS="${ATTN_IMPLS:-xla}"
 mkdir -p "$OUT"
 if ! python3 -c "import ml_collections" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile \
@@ -43,7 +47,8 @@ fi
 export PYTHONUNBUFFERED=1
 common=(--workdir="$WORKDIR" --dataset="$CARRY/emoji128/emoji_128.npz"
         --captions="$CARRY/emoji_text.npz" --out="$OUT"
-        --probe_s="$PROBE_S" --tokenizer_probe_s="$TOK_PROBE_S")
+        --probe_s="$PROBE_S" --tokenizer_probe_s="$TOK_PROBE_S"
+        --attn_impls="$ATTN_IMPLS")
 case "$part" in
   1) args=(--tokenizer_s="$TOK_S" --transformer_s="$TF1_S"
            --later_s="$TF2_S") ;;

@@ -210,10 +210,10 @@ class EmojiGenerateTest(absltest.TestCase):
     self.assertEqual(r["samples"][0]["text_tokens"], 4)
 
   def test_trained_weights_draw_a_red_apple(self):
-    # The shipped weights are trained (params_step > 3, the dry run): the
-    # "red apple" sample, over its non-background pixels, is red, by a wide
-    # margin, under both plans.
-    self.assertGreater(self.results["params_step"], 1000)
+    # The shipped weights are trained (the dry run stops at 3 steps; v2
+    # shipped at step 570): the "red apple" sample, over its non-background
+    # pixels, is red, by a wide margin, under both plans.
+    self.assertGreater(self.results["params_step"], 500)
     for name in ("sample_dense_0000.png", "sample_emoji_default_0000.png"):
       image = _read_png(os.path.join(self.workdir, name)).astype(float)
       fg = image[image.min(-1) < 200]  # not the near-white background
