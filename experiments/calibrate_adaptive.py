@@ -2,7 +2,7 @@ r"""Calibrates adaptive ToProVAR: a family of plans and the per-image rule.
 
   python -m experiments.calibrate_adaptive --config=configs/emoji.py \
     --prompts=/tmp/train_captions.txt --num_images=64 \
-    --base_plan=emoji_default --out=toprovar_jax/assets/emoji/adaptive.json
+    --base_plan=emoji_default --out=toprovar_jax/sparsity/decisions/emoji_adaptive.json
 
 The family is --base_plan with pruning from each scale D of --first_pruned
 (default: the base plan's D up to dense, at most 4), or the plan specs of

@@ -2,7 +2,7 @@ r"""Trains SkipVAR's decision classifier on a model's own samples (SPEC §6).
 
   python -m experiments.train_skipvar --config=configs/emoji.py \
     --prompts=/tmp/train_captions.txt --num_images=64 \
-    --out=toprovar_jax/assets/emoji/skipvar.json
+    --out=toprovar_jax/sparsity/decisions/emoji_skipvar.json
 
 On the prompts (training captions only), every action of --classes (e.g.
 skip the last 0-3 scales) finishes every image after the shared prefix;
@@ -11,7 +11,7 @@ an image's label is the cheapest action whose SSIM vs dense reaches
 decodes at the decision scale) learns it (`evaluation.branch_training`).
 Writes the classifier JSON (`sparsity.classifier`, with the training record
 under "training"), which `config.sparsity.plan = "skipvar"` reads from
-toprovar_jax/assets/<model>/skipvar.json (or "skipvar:PATH").
+toprovar_jax/sparsity/decisions/<model>_skipvar.json (or "skipvar:PATH").
 """
 
 import time

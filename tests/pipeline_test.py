@@ -132,6 +132,7 @@ class GeneratorsTest(absltest.TestCase):
       self.assertIsInstance(classifier.load_spec(sk), classifier.SkipVarSpec)
     # No classifier ships for the tiny model: the error names the file.
     with self.assertRaisesRegex(plan_lib.PlanError,
-                                r"skipvar classifier '.*infinity_tiny/"
-                                r"skipvar.json': cannot read"):
+                                r"skipvar classifier '.*decisions/"
+                                r"infinity_tiny_skipvar.json': cannot "
+                                r"read"):
       pipeline.generator_from_spec(config, "skipvar")

@@ -40,7 +40,6 @@ from toprovar_jax.sparsity import adaptive
 from toprovar_jax.sparsity import classifier
 from toprovar_jax.sparsity import named
 from toprovar_jax.sparsity import plan as plan_lib
-from toprovar_jax.weights import embedded
 from toprovar_jax.weights import loading
 
 _DTYPES = ("float32", "bfloat16")
@@ -161,29 +160,33 @@ def _base_sampler(config) -> sampler_lib.Sampler:
           kv_read=str(s.kv_read)))
 
 
-def skipvar_classifier_path(model_name: str):
-  """Where 'skipvar' finds its classifier: assets/<model>/skipvar.json."""
-  return embedded.embedded_dir(model_name) / "skipvar.json"
+def shipped_decision(model_name: str, method: str):
+  """Where 'skipvar' / 'adaptive' find the model's trained decision:
+  toprovar_jax/sparsity/decisions/<model>_<method>.json."""
+  return classifier.decisions_dir() / f"{model_name}_{method}.json"
 
 
 def generator_from_spec(config, spec: str):
   """What generates with one plan spec: a Sampler for a static spec
   ('dense', 'fastvar', a named plan, a JSON path); a
   `sampling.branching.Branching` for 'skipvar' (the model's shipped
-  classifier, `skipvar_classifier_path`), 'skipvar:PATH' (a classifier
-  JSON) or 'adaptive:PATH' (`sparsity.adaptive`). Both go to
-  `runner.generate_images`.
+  classifier, `shipped_decision`), 'skipvar:PATH' (a classifier JSON),
+  'adaptive' (the model's shipped spec) or 'adaptive:PATH'
+  (`sparsity.adaptive`). Both go to `runner.generate_images`.
 
   Raises:
     PlanError / ValueError: a bad spec, file or plan (one line, named).
   """
   base = _base_sampler(config)
   if spec == "skipvar" or spec.startswith("skipvar:"):
-    path = spec[len("skipvar:"):] or skipvar_classifier_path(base.model.name)
+    path = spec[len("skipvar:"):] or shipped_decision(base.model.name,
+                                                      "skipvar")
     return policies.skipvar_branching(base, classifier.load_spec(path))
-  if spec.startswith("adaptive:"):
-    return policies.adaptive_branching(
-        base, adaptive.load_spec(spec[len("adaptive:"):], base.model))
+  if spec == "adaptive" or spec.startswith("adaptive:"):
+    path = spec[len("adaptive:"):] or shipped_decision(base.model.name,
+                                                       "adaptive")
+    return policies.adaptive_branching(base,
+                                       adaptive.load_spec(path, base.model))
   return dataclasses.replace(base, plan=named.load_plan(spec, base.model))
 
 

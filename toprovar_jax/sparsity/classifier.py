@@ -5,7 +5,8 @@ two features of small decodes, HF_Diff and HF_Ratio
 (`sampling.policies.hf_features`), into an action: a suffix plan such as
 'skipvar_skip2' (`baselines.skipvar_action_plan`). Its classifiers are
 sklearn pickles for Infinity-2B; we fit our own on our model's samples
-(`evaluation.branch_training`) and ship them as JSON:
+(`evaluation.branch_training`) and ship them as JSON
+(`decisions_dir()`/<model>_skipvar.json):
 
   {"kind": "skipvar", "model": "emoji", "decision_scale": 10,
    "feature_scale": 3, "freq_ratio": 0.4,
@@ -19,8 +20,10 @@ Pure numpy. Dimension letters: N samples, F features, K classes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import math
+import pathlib
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -225,6 +228,13 @@ def load_spec(path) -> SkipVarSpec:
     raise plan_lib.PlanError(f"{where}: not JSON: {e.msg} (line "
                              f"{e.lineno})") from None
   return spec_from_dict(d, where)
+
+
+def decisions_dir() -> pathlib.Path:
+  """The folder of the trained decisions shipped with the package
+  (`<model>_skipvar.json`, `<model>_adaptive.json`)."""
+  root = importlib.resources.files("toprovar_jax.sparsity")
+  return pathlib.Path(str(root.joinpath("decisions")))
 
 
 def default_feature_scale(schedule) -> int:
