@@ -29,6 +29,7 @@ from toprovar_jax.metrics import image as image_metrics
 from toprovar_jax.sampling import branching
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import policies
+from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import adaptive as adaptive_lib
 from toprovar_jax.sparsity import classifier as classifier_lib
@@ -58,8 +59,15 @@ def _same_run(a: plan_lib.SparsityPlan, b: plan_lib.SparsityPlan) -> bool:
 def outcomes(br: branching.Branching, params, vae_params,
              conditions: conditions_lib.Conditions, *, seed: int,
              batch_size: int, cfg_scale: float, tau: float,
-             options: Any = None, text_tokens: int = 0) -> Outcomes:
-  """Features, SSIM vs dense and FLOPs of every suffix plan of `br`."""
+             options: Any = runner.CPU_DEFAULT, text_tokens: int = 0
+             ) -> Outcomes:
+  """Features, SSIM vs dense and FLOPs of every suffix plan of `br`.
+
+  options: XLA compiler options; default `runner.compiler_options()` (on
+  CPU the fast compile: a training run of ~64 images is compile-bound).
+  """
+  if options is runner.CPU_DEFAULT:
+    options = runner.compiler_options()
   dense = plan_lib.dense_plan(br.model)
   ref = next((k for k, p in enumerate(br.plans) if _same_run(p, dense)),
              None)

@@ -211,7 +211,8 @@ def compile_generate(sampler: sampler_lib.Sampler, params, vae_params,
                           compile_s=time.perf_counter() - t1)
 
 
-_CPU_DEFAULT = object()
+# The default of `options`: `compiler_options()`.
+CPU_DEFAULT = _CPU_DEFAULT = object()
 
 
 def generate_images(sampler, params, vae_params,
