@@ -189,7 +189,9 @@ def calibrate_adaptive(base: sampler_lib.Sampler, params, vae_params,
       plans=_plan_rows(br, out), calibration=cal,
       adaptive=_policy_row(out, pick),
       statistic=dict(mean=float(stat.mean()), std=float(stat.std()),
-                     corr_with_ssim=corr))
+                     corr_with_ssim=corr),
+      # Per image (recalibrating at another budget needs no new run).
+      per_image=dict(statistic=stat.tolist(), ssim=out.ssim.tolist()))
   return spec, record
 
 
