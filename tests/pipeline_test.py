@@ -136,3 +136,17 @@ class GeneratorsTest(absltest.TestCase):
                                 r"infinity_tiny_skipvar.json': cannot "
                                 r"read"):
       pipeline.generator_from_spec(config, "skipvar")
+
+
+class ShippedDecisionsTest(absltest.TestCase):
+
+  def test_emoji_skipvar_and_adaptive_load(self):
+    from configs import emoji
+    config = emoji.get_config()
+    sk = pipeline.generator_from_spec(config, "skipvar")
+    self.assertEqual([p.name for p in sk.plans],
+                     [f"skipvar_skip{k}" for k in range(4)])
+    self.assertEqual(sk.decision_scale, 10)
+    ad = pipeline.generator_from_spec(config, "adaptive")
+    self.assertEqual(ad.decision_scale, 10)
+    self.assertBetween(len(ad.plans), 2, 4)
