@@ -56,7 +56,7 @@ def main(argv):
   logging.info("Config:\n%s", config)
 
   # Cheap validation first: a bad config fails before the workdir is touched.
-  samplers = pipeline.samplers_from_config(config)
+  samplers = pipeline.generators_from_config(config)
   conditions = pipeline.conditions_from_config(config, samplers[0])
   mesh = pipeline.mesh_from_config(config)
   # Several processes (README "Several hosts"): all compute, process 0 writes.
@@ -64,7 +64,7 @@ def main(argv):
   workdir = (io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value) if writer
              else None)
   logging.info("Plans %s, %d samples, mesh %s -> %s",
-               [s.resolved_plan.name for s in samplers],
+               [runner.run_name(s) for s in samplers],
                conditions.num_samples, dict(mesh.shape), workdir)
   if conditions.text_features == features.PLACEHOLDER_TEXT:
     logging.warning("Text features are %s (no t5_dir= given): images do not "

@@ -84,3 +84,69 @@ class ConditionsTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class GeneratorsTest(absltest.TestCase):
+
+  def test_static_skipvar_and_adaptive_specs(self):
+    from toprovar_jax.sampling import branching
+    from toprovar_jax.sparsity import adaptive
+    from toprovar_jax.sparsity import classifier
+    import json
+    config = _config()
+    self.assertEqual(pipeline.generator_from_spec(config, "dense"),
+                     pipeline.sampler_from_config(config))
+    with tempfile.TemporaryDirectory() as d:
+      sk = os.path.join(d, "skipvar.json")
+      with open(sk, "w") as f:
+        json.dump(dict(
+            model="infinity_tiny", decision_scale=4, feature_scale=2,
+            freq_ratio=0.4, classes=["skipvar_skip0", "skipvar_skip2"],
+            mean=[0, 0], scale=[1, 1], weights=[[0, 0], [0, 0]],
+            bias=[0, 0]), f)
+      gen = pipeline.generator_from_spec(config, f"skipvar:{sk}")
+      self.assertIsInstance(gen, branching.Branching)
+      self.assertEqual([p.name for p in gen.plans],
+                       ["skipvar_skip0", "skipvar_skip2"])
+      ad = os.path.join(d, "ad.json")
+      with open(ad, "w") as f:
+        json.dump(dict(name="tiny_adaptive", decision_scale=5,
+                       statistic_scales=[3, 4],
+                       plans=["dense", "skipvar_skip2"],
+                       thresholds=[0.5]), f)
+      self.assertEqual(
+          [p.name for p in pipeline.generator_from_spec(
+              config, f"adaptive:{ad}").plans], ["dense", "skipvar_skip2"])
+      base = pipeline.sampler_from_config(config).model
+      with open(os.path.join(d, "skip2.json"), "w") as f:
+        f.write(codec.plan_to_json(baselines.skipvar_plan(base,
+                                                          skip_scales=2)))
+      with open(ad, "w") as f:
+        json.dump(dict(name="tiny_adaptive", decision_scale=5,
+                       statistic_scales=[3, 4],
+                       plans=["dense", "skip2.json"], thresholds=[0.5]), f)
+      gens = pipeline.generators_from_config(_config(**{
+          "sparsity.compare": f"adaptive:{ad}"}))
+      self.assertEqual(gens[1].name, "tiny_adaptive")
+      self.assertIsInstance(gens[1].policy.spec, adaptive.AdaptiveSpec)
+      self.assertIsInstance(classifier.load_spec(sk), classifier.SkipVarSpec)
+    # No classifier ships for the tiny model: the error names the file.
+    with self.assertRaisesRegex(plan_lib.PlanError,
+                                r"skipvar classifier '.*decisions/"
+                                r"infinity_tiny_skipvar.json': cannot "
+                                r"read"):
+      pipeline.generator_from_spec(config, "skipvar")
+
+
+class ShippedDecisionsTest(absltest.TestCase):
+
+  def test_emoji_skipvar_and_adaptive_load(self):
+    from configs import emoji
+    config = emoji.get_config()
+    sk = pipeline.generator_from_spec(config, "skipvar")
+    self.assertEqual([p.name for p in sk.plans],
+                     [f"skipvar_skip{k}" for k in range(4)])
+    self.assertEqual(sk.decision_scale, 10)
+    ad = pipeline.generator_from_spec(config, "adaptive")
+    self.assertEqual(ad.decision_scale, 10)
+    self.assertBetween(len(ad.plans), 2, 4)

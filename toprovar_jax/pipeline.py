@@ -8,6 +8,9 @@ writes files.
   plan_specs              config.sparsity.plan + .compare -> plan specs
   model_from_config       config.model -> the variant at its resolution
   samplers_from_config    ConfigDict -> one Sampler per plan (validated)
+  generator_from_spec     one plan spec -> a Sampler, or a per-image
+                          generator for 'skipvar' / 'adaptive:PATH'
+  generators_from_config  generator_from_spec for every plan spec
   conditions_from_config  labels / prompts -> Conditions (validated)
   params_from_config      config.ckpt -> weights (`weights.loading`)
   mesh_from_config        config.mesh -> the run's device mesh (`sharding`)
@@ -24,6 +27,7 @@ mean absolute pixel difference) and with dense (analytic FLOPs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Tuple
 
@@ -32,8 +36,11 @@ import jax
 from toprovar_jax import sharding
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import policies
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.sparsity import adaptive
+from toprovar_jax.sparsity import classifier
 from toprovar_jax.sparsity import named
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.weights import loading
@@ -116,6 +123,16 @@ def plan_specs(config) -> Tuple[str, ...]:
   return specs
 
 
+def _check_names(specs, names) -> None:
+  """Plans whose file-name slugs collide are refused (named)."""
+  slugs = [runner.plan_slug(n) for n in names]
+  for i, slug in enumerate(slugs):
+    if slug in slugs[:i]:
+      _fail("sparsity.compare", f"plans {specs[slugs.index(slug)]!r} and "
+            f"{specs[i]!r} are both named {slug!r}; their outputs would "
+            "collide")
+
+
 def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
   """Builds one static `Sampler` per plan of `plan_specs(config)`.
 
@@ -133,17 +150,8 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
       message names the scale and field, and `config.sparsity.compare[i]`
       for the compared plans.
   """
-  model = model_from_config(config)
-  _validate_sampling(config, model)
-  sampling = sampler_lib.SamplingConfig(
-      top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
-      dtype=config.model.dtype)
-  # The config's sampling group also holds the execution settings a launch
-  # may choose (the rest keep ExecutionConfig's defaults).
-  execution = sampler_lib.ExecutionConfig(
-      attn_impl=config.sampling.attn_impl,
-      unroll_tokens=int(config.sampling.unroll_tokens),
-      kv_read=str(config.sampling.kv_read))
+  base = _base_sampler(config)
+  model = base.model
   specs = plan_specs(config)
   plans = [named.load_plan(specs[0], model)]
   for i, spec in enumerate(specs[1:]):
@@ -152,15 +160,71 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
     except plan_lib.PlanError as e:
       raise plan_lib.PlanError(
           f"config.sparsity.compare[{i}] = {spec!r}: {e}") from None
-  slugs = [runner.plan_slug(p.name) for p in plans]
-  for i, slug in enumerate(slugs):
-    if slug in slugs[:i]:
-      _fail("sparsity.compare", f"plans {specs[slugs.index(slug)]!r} and "
-            f"{specs[i]!r} are both named {slug!r}; their outputs would "
-            "collide")
-  return tuple(sampler_lib.Sampler(
+  _check_names(specs, [p.name for p in plans])
+  return tuple(dataclasses.replace(base, plan=plan) for plan in plans)
+
+
+def _base_sampler(config) -> sampler_lib.Sampler:
+  """The config's Sampler without a plan (dense), sampling validated."""
+  model = model_from_config(config)
+  _validate_sampling(config, model)
+  s = config.sampling
+  # The config's sampling group also holds the execution settings a launch
+  # may choose (the rest keep ExecutionConfig's defaults).
+  return sampler_lib.Sampler(
       model=model, tokenizer=config_lib.get_tokenizer(model.name),
-      sampling=sampling, execution=execution, plan=plan) for plan in plans)
+      sampling=sampler_lib.SamplingConfig(
+          top_k=int(s.top_k), top_p=float(s.top_p), dtype=config.model.dtype),
+      execution=sampler_lib.ExecutionConfig(
+          attn_impl=s.attn_impl, unroll_tokens=int(s.unroll_tokens),
+          kv_read=str(s.kv_read)))
+
+
+def shipped_decision(model_name: str, method: str):
+  """Where 'skipvar' / 'adaptive' find the model's trained decision:
+  toprovar_jax/sparsity/decisions/<model>_<method>.json."""
+  return classifier.decisions_dir() / f"{model_name}_{method}.json"
+
+
+def generator_from_spec(config, spec: str):
+  """What generates with one plan spec: a Sampler for a static spec
+  ('dense', 'fastvar', a named plan, a JSON path); a
+  `sampling.branching.Branching` for 'skipvar' (the model's shipped
+  classifier, `shipped_decision`), 'skipvar:PATH' (a classifier JSON),
+  'adaptive' (the model's shipped spec) or 'adaptive:PATH'
+  (`sparsity.adaptive`). Both go to `runner.generate_images`.
+
+  Raises:
+    PlanError / ValueError: a bad spec, file or plan (one line, named).
+  """
+  base = _base_sampler(config)
+  if spec == "skipvar" or spec.startswith("skipvar:"):
+    path = spec[len("skipvar:"):] or shipped_decision(base.model.name,
+                                                      "skipvar")
+    return policies.skipvar_branching(base, classifier.load_spec(path))
+  if spec == "adaptive" or spec.startswith("adaptive:"):
+    path = spec[len("adaptive:"):] or shipped_decision(base.model.name,
+                                                       "adaptive")
+    return policies.adaptive_branching(base,
+                                       adaptive.load_spec(path, base.model))
+  return dataclasses.replace(base, plan=named.load_plan(spec, base.model))
+
+
+def generators_from_config(config) -> Tuple[Any, ...]:
+  """`generator_from_spec` for every spec of `plan_specs(config)`
+  (reference first); the names must differ (their outputs would collide)."""
+  specs = plan_specs(config)
+  gens = []
+  for i, spec in enumerate(specs):
+    try:
+      gens.append(generator_from_spec(config, spec))
+    except ValueError as e:
+      if i == 0:
+        raise
+      raise type(e)(f"config.sparsity.compare[{i - 1}] = {spec!r}: {e}"
+                    ) from None
+  _check_names(specs, [runner.run_name(g) for g in gens])
+  return tuple(gens)
 
 
 def sampler_from_config(config) -> sampler_lib.Sampler:
@@ -180,6 +244,35 @@ def conditions_from_config(config, sampler: sampler_lib.Sampler
       sampler.model, labels=tuple(s.labels), prompts=tuple(s.prompts),
       num_samples=s.num_samples, text_len=s.text_len,
       t5_dir=s.get("t5_dir", ""))
+
+
+def conditions_for_prompts(config, sampler, prompts, num_samples: int = 0
+                           ) -> conditions_lib.Conditions:
+  """`conditions.make_conditions` of these prompts (or VAR class labels,
+  one per line as text) with the config's text length; num_samples 0 = one
+  per prompt, else the prompts cycle."""
+  model = sampler.model
+  prompts = tuple(str(p) for p in prompts)
+  if model.style == "var":
+    return conditions_lib.make_conditions(
+        model, labels=tuple(int(p) for p in prompts),
+        num_samples=num_samples)
+  return conditions_lib.make_conditions(
+      model, prompts=prompts, num_samples=num_samples,
+      text_len=config.sampling.text_len)
+
+
+def dense_run_from_prompts_file(config, path: str, num_samples: int = 0):
+  """(dense Sampler, Conditions of the prompts in `path` (one a line),
+  params, vae_params, ParamsSource, prompts): the inputs of a training run
+  over prompts (`experiments/train_skipvar.py`, `calibrate_adaptive.py`)."""
+  base = generator_from_spec(config, "dense")
+  with open(path, encoding="utf-8") as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  conditions = conditions_for_prompts(config, base, prompts, num_samples)
+  params, vae, source = params_from_config(config,
+                                           jax.random.key(config.seed))
+  return base, conditions, params, vae, source, prompts
 
 
 def params_from_config(config, rng: jax.Array

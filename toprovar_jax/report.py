@@ -121,6 +121,7 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
     plans.append(dict(
         name=run.name, spec=run.spec, files=list(run_files), grid=run_grid,
         flops_per_image=run.flops,
+        plan_per_image=list(run.output.plan_per_image or ()),
         flop_speedup_vs_dense=run.dense_flops / run.flops,
         timings=dict(t),
         generate_speedup_vs_reference=(

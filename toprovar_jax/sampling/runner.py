@@ -110,6 +110,10 @@ class Output:
       compile, once), generate_s (all batches, device-synced), decode_s
       (all batches, including the copy to the host).
     mesh: the mesh's axes ({"data": 4}) or None (unsharded program).
+    flops_per_image: (N,) analytic transformer FLOPs of each image
+      (`toprovar_jax.flops`; all equal for a static Sampler, per chosen
+      suffix plan for a `sampling.branching.Branching`).
+    plan_per_image: per image, the name of the plan that made it.
   """
   images: np.ndarray
   seed: int
@@ -117,6 +121,8 @@ class Output:
   rows: Tuple[int, ...]
   timings: Dict[str, float]
   mesh: Optional[Dict[str, int]] = None
+  flops_per_image: Optional[np.ndarray] = None
+  plan_per_image: Optional[Tuple[str, ...]] = None
 
 
 def compiler_options() -> Optional[Dict[str, Any]]:
@@ -231,14 +237,16 @@ def compile_generate(sampler: sampler_lib.Sampler, params, vae_params,
                           compile_s=time.perf_counter() - t1)
 
 
-_CPU_DEFAULT = object()
+# The default of `options`: `compiler_options()`.
+CPU_DEFAULT = _CPU_DEFAULT = object()
 
 
-def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
+def generate_images(sampler, params, vae_params,
                     conditions: conditions_lib.Conditions, *, seed: int,
                     batch_size: int, cfg_scale: float, tau: float,
                     options: Any = _CPU_DEFAULT,
-                    mesh: Optional[jax.sharding.Mesh] = None) -> Output:
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    text_tokens: int = 0) -> Output:
   """Generates and decodes `conditions.num_samples` images in batches.
 
   The one generate loop of the package. Every batch has the static
@@ -250,7 +258,9 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
   (compile_decode_s is then ~0).
 
   Args:
-    sampler: e.g. from `pipeline.samplers_from_config`.
+    sampler: a Sampler (e.g. from `pipeline.samplers_from_config`) or a
+      generator with its own `generate_images` (`sampling.branching`:
+      SkipVAR, adaptive ToProVAR; `pipeline.generator_from_spec`).
     params: transformer params.
     vae_params: tokenizer variables (`weights.loading.load_or_init`).
     conditions: `conditions.make_conditions` (or
@@ -264,6 +274,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
     mesh: run sharded on this mesh (`sharding.make_mesh`): rows over its
       `data` axis, `batch_size` rounded up to a multiple of it (the extra
       rows are padding, dropped); None = the unsharded program.
+    text_tokens: T for Output.flops_per_image (0 = `toprovar_jax.flops`'
+      default).
 
   Returns:
     Output.
@@ -277,6 +289,15 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
                      f"{batch_size}")
   if options is _CPU_DEFAULT:
     options = compiler_options()
+  if not isinstance(sampler, sampler_lib.Sampler):
+    if mesh is not None and mesh.size > 1:
+      raise ValueError(
+          "config.mesh: prefix/suffix generators (skipvar, adaptive:) run "
+          f"unsharded; got a mesh of {mesh.size} devices")
+    return sampler.generate_images(
+        params, vae_params, conditions, seed=seed, batch_size=batch_size,
+        cfg_scale=cfg_scale, tau=tau, options=options,
+        text_tokens=text_tokens)
   if conditions.text_mask is not None:
     sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
@@ -324,6 +345,8 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
                  j + 1, num_batches, batch_size, tb - ta, tc - tb)
   images = np.concatenate(images)[:n]
   samples = range(n)
+  kw = dict(text_tokens=text_tokens) if text_tokens else {}
+  flops = flops_lib.plan_flops(sampler.resolved_plan, sampler.model, **kw)
   return Output(
       images=images, seed=seed,
       batches=tuple(i // batch_size for i in samples),
@@ -331,12 +354,21 @@ def generate_images(sampler: sampler_lib.Sampler, params, vae_params,
       timings=dict(compile_generate_s=compiled.lower_s + compiled.compile_s,
                    compile_decode_s=t2 - t1, generate_s=gen_s,
                    decode_s=dec_s),
-      mesh=None if mesh is None else sharding.mesh_axes(mesh))
+      mesh=None if mesh is None else sharding.mesh_axes(mesh),
+      flops_per_image=np.full(n, flops.total),
+      plan_per_image=(sampler.resolved_plan.name,) * n)
 
 
 # --------------------------------------------------------------------------
 # Several plans: same seeds and conditions, compared with the first.
 # --------------------------------------------------------------------------
+
+
+def run_name(sampler) -> str:
+  """A Sampler's plan name, or a generator's name (`branching`)."""
+  if isinstance(sampler, sampler_lib.Sampler):
+    return sampler.resolved_plan.name
+  return sampler.name
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -359,7 +391,7 @@ class PlanRun:
 
   @property
   def name(self) -> str:
-    return self.sampler.resolved_plan.name
+    return run_name(self.sampler)
 
   @property
   def slug(self) -> str:
@@ -393,16 +425,16 @@ def run_plans(samplers: Sequence[sampler_lib.Sampler], specs: Sequence[str],
   kwargs = dict(text_tokens=text_tokens) if text_tokens else {}
   runs = []
   for spec, sampler in zip(specs, samplers):
-    name = sampler.resolved_plan.name
+    name = run_name(sampler)
     logging.info("Plan %r (%s): generating %d images", name, spec,
                  conditions.num_samples)
     output = generate_images(sampler, params, vae_params, conditions,
                              seed=seed, batch_size=batch_size,
-                             cfg_scale=cfg_scale, tau=tau, mesh=mesh)
+                             cfg_scale=cfg_scale, tau=tau, mesh=mesh,
+                             text_tokens=text_tokens)
     logging.info("Plan %r timings: %s", name, output.timings)
     runs.append(PlanRun(
         spec=spec, sampler=sampler, output=output,
-        flops=flops_lib.plan_flops(sampler.resolved_plan, sampler.model,
-                                   **kwargs).total,
+        flops=float(np.mean(output.flops_per_image)),
         dense_flops=flops_lib.dense_flops(sampler.model, **kwargs).total))
   return tuple(runs)

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from toprovar_jax.models import transformer
 
@@ -116,3 +117,63 @@ class ScaleState:
         prev_entropy=half(self.prev_entropy),
         branch_store=jax.tree.map(half, self.branch_store),
         guided=False)
+
+
+# -- rows of a state (prefix / suffix programs, sampling.branching) ----------
+
+# The row axis of every row-indexed field. Fields of R rows are [cond;
+# uncond] while guided (rows b and b + B are one image); the others have B
+# rows. layer_params holds weights, not rows.
+_ROW_AXIS = dict(x=0, latent=0, caches=1, cond=0, text_kv=1, text_lengths=0,
+                 layer_text_kv=0, prev_entropy=0, branch_store=0, tokens=0,
+                 logits=0, entropy=1)
+
+
+def _map_rows(states, fn, batch: int) -> ScaleState:
+  """Applies fn(list of (cond part, uncond part or None), axis) -> array to
+  every row-indexed leaf of `states` (all alike but for their batch)."""
+  first = states[0]
+  out = {}
+  for name, axis in _ROW_AXIS.items():
+    def leaf(*ts, axis=axis):
+      parts = []
+      for st, t in zip(states, ts):
+        b = st.batch
+        if st.guided and t.shape[axis] == 2 * b:
+          parts.append((jax.lax.slice_in_dim(t, 0, b, axis=axis),
+                        jax.lax.slice_in_dim(t, b, 2 * b, axis=axis)))
+        else:
+          parts.append((t, None))
+      return fn(parts, axis)
+    out[name] = jax.tree.map(leaf, *(getattr(s, name) for s in states))
+  return first.replace(batch=batch, **out)
+
+
+def take_rows(st: ScaleState, idx) -> ScaleState:
+  """The state of images `idx` ((n,) ints in [0, B); repeats allowed): both
+  halves of a guided image move together."""
+  idx = jnp.asarray(idx, jnp.int32)
+
+  def fn(parts, axis):
+    (c, u), = parts
+    c2 = jnp.take(c, idx, axis=axis)
+    return c2 if u is None else jnp.concatenate(
+        [c2, jnp.take(u, idx, axis=axis)], axis=axis)
+  return _map_rows([st], fn, int(idx.shape[0]))
+
+
+def concat_rows(states) -> ScaleState:
+  """The images of several states (same program, same guidance) in order:
+  [cond of all; uncond of all] while guided."""
+  states = list(states)
+  if len(states) == 1:
+    return states[0]
+  if len({s.guided for s in states}) != 1:
+    raise ValueError("concat_rows: states differ in guidance")
+
+  def fn(parts, axis):
+    conds = [c for c, _ in parts]
+    if parts[0][1] is None:
+      return jnp.concatenate(conds, axis=axis)
+    return jnp.concatenate(conds + [u for _, u in parts], axis=axis)
+  return _map_rows(states, fn, sum(s.batch for s in states))
