@@ -26,7 +26,7 @@
 set -uo pipefail
 : "${OUT:?OUT must name the folder that receives the results}"
 CARRY="${CARRY:-.carry}"
-PARTS="${PARTS:-selfcheck eval sweep calib mesh}"
+PARTS="${PARTS:-selfcheck eval calib mesh sweep}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 site=/tmp/site
@@ -59,9 +59,9 @@ for part in $PARTS; do
              --workdir="$OUT/sweep" "${data[@]}" --cfg_scales=2,3 \
              --taus=0.5,1.0 --top_ps=0.97,1.0 --overwrite ;;
     calib) run_part calib 120 python3 -m experiments.calibration_cost \
-             --out="$OUT/calib" ;;
+             --out="$OUT/calib" --runs=2 ;;
     mesh) run_part mesh 150 python3 -m experiments.benchmark_mesh \
-            --out="$OUT/mesh" ;;
+            --out="$OUT/mesh" --runs=3 ;;
     *) echo "gpu_lease: unknown part '$part'" >&2; exit 2 ;;
   esac
 done
