@@ -311,3 +311,16 @@ class LayerRun:
     (x, kc, vc), self.finite = self.loop(body, (x, kc, vc), self.lids,
                                          cached)
     return x, kc, vc
+
+
+def layer_flags(finite, depth: int) -> Array:
+  """(L,) bool per layer from {first layer of a run: (layers,) bool}; a
+  layer outside every run (X) repeats the flag before it (True at 0)."""
+  flags, last = [], jnp.bool_(True)
+  for l in range(depth):
+    run = max((a for a in finite if a <= l < a + finite[a].shape[0]),
+              default=None)
+    if run is not None:
+      last = finite[run][l - run]
+    flags.append(last)
+  return jnp.stack(flags)

@@ -131,10 +131,9 @@ class ExecutionConfig:
       layers (0 = fully unrolled). On GPU every while-loop iteration costs a
       device->host round trip for its predicate, so unrolling trades compile
       time for latency.
-    check_finite: record, per generated scale, whether each layer's output
-      stream and the logits are finite (`Generation.finite`; one reduction
-      per layer); `runner.generate_images` then stops at the first
-      non-finite one, naming its scale and layer (SPEC §11).
+    check_finite: record whether each layer's output and the logits are
+      finite (`Generation.finite`, one reduction per layer); the runner
+      stops at the first that is not, naming scale and layer (SPEC §11).
   """
   attn_impl: str = "xla"
   entropy_impl: Optional[str] = None
@@ -168,9 +167,8 @@ class Generation:
     entropy: with `record_entropy`, per generated scale an (L, B, N_s) array
       of head-mean attention entropies of the conditional rows (NaN for layers
       that are not F at that scale), else None.
-    finite: with `ExecutionConfig.check_finite`, (S_gen, L + 1) bool: the
-      output stream of layer l at scale s is finite (an X layer repeats the
-      layer before it), column L the logits; else None.
+    finite: (S_gen, L + 1) bool with `check_finite`: layer l's output at
+      scale s is finite (X repeats the layer before), column L the logits.
   """
   tokens: Array
   latent: Array
@@ -416,8 +414,7 @@ class Sampler:
         else:
           x, kc, vc = r.sparse(x, kc, vc, rope, idx, hw, branch_store)
       caches[seg] = (kc, vc)
-      if r.finite is not None:
-        finite[run.start] = r.finite
+      finite.update({run.start: r.finite} if r.finite is not None else {})
 
     if probe_entropy is not None:
       st = st.replace(prev_entropy=probe_entropy, prev_hw=hw)
@@ -425,7 +422,7 @@ class Sampler:
     if self.sampling.record_entropy:
       entropy = entropy + (_assemble_entropy(layer_entropy, cfg.depth, b, n),)
     if self.execution.check_finite:
-      st = st.replace(layer_finite=_layer_flags(finite, cfg.depth))
+      st = st.replace(layer_finite=layer_runs.layer_flags(finite, cfg.depth))
     return st.replace(x=x, caches=tuple(caches), branch_store=branch_store,
                       entropy=entropy)
 
@@ -471,10 +468,8 @@ class Sampler:
                                       top_p=self.sampling.top_p)
     if forced is not None:
       choice = forced[:, a_tok:e_tok].astype(jnp.int32)
-    finite = st.finite
-    if self.execution.check_finite:
-      finite = finite + (jnp.concatenate(
-          [st.layer_finite, jnp.all(jnp.isfinite(logits))[None]]),)
+    finite = st.finite + ((jnp.append(st.layer_finite, jnp.isfinite(
+        logits).all()),) if self.execution.check_finite else ())
     logits_so_far = st.logits
     if self.sampling.return_logits:
       logits_so_far = logits_so_far + (guided_logits,)
@@ -514,19 +509,6 @@ def check_text_mask(text_mask: np.ndarray) -> None:
         f"text_mask row {int(bad[0])} is not a prefix mask (real tokens "
         "first, then padding); the sampler passes each row's text to "
         "cross-attention as a length, as the official varlen code does")
-
-
-def _layer_flags(finite, depth: int) -> Array:
-  """(L,) bool per layer from {first layer of a run: (layers,) bool}; a
-  layer outside every run (X) repeats the flag before it (True at 0)."""
-  flags, last = [], jnp.bool_(True)
-  for l in range(depth):
-    run = max((a for a in finite if a <= l < a + finite[a].shape[0]),
-              default=None)
-    if run is not None:
-      last = finite[run][l - run]
-    flags.append(last)
-  return jnp.stack(flags)
 
 
 def _assemble_entropy(parts, depth: int, b: int, n: int) -> Array:
