@@ -191,5 +191,20 @@ class PaperPlanTest(absltest.TestCase):
     self.assertEqual(result.by_scale[:10], dense.by_scale[:10])
 
 
+class ImageSizeTest(absltest.TestCase):
+
+  def test_image_size_comes_from_the_tokenizer_stride(self):
+    emoji = config_lib.get_variant("emoji")
+    tok = config_lib.TOKENIZERS["emoji"]
+    self.assertEqual(tok.stride, 4)
+    self.assertEqual(flops.image_size(emoji, tok), (128, 128))
+    self.assertEqual(flops.image_size(emoji), (512, 512))  # 16 px a token
+    self.assertEqual(flops.decode_flops(emoji, tokenizer=tok),
+                     flops.BSQ_DECODE_FLOPS_1024 * 128 * 128 / 1024**2)
+    i2b = config_lib.get_variant("infinity_2b")
+    self.assertEqual(flops.image_size(i2b, config_lib.TOKENIZERS[
+        "infinity_2b"]), (1024, 1024))
+
+
 if __name__ == "__main__":
   absltest.main()

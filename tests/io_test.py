@@ -27,6 +27,14 @@ class WorkdirTest(absltest.TestCase):
       self.assertEqual((new / "old.png").read_bytes(), b"x")  # nothing deleted
       with self.assertRaises(NotADirectoryError):
         io.prepare_workdir(new / "old.png", True)
+      self.assertEqual(sorted(p.name for p in new.iterdir()), ["old.png"])
+
+  def test_unwritable_workdir_fails_before_compute(self):
+    # procfs refuses new files even to root (chmod would not stop root).
+    for path in ("/proc", "/proc/toprovar_run"):
+      with self.assertRaisesRegex(io.WorkdirNotWritableError,
+                                  f"^workdir '{path}' cannot be written"):
+        io.prepare_workdir(path, True)
 
 
 class AtomicTest(absltest.TestCase):

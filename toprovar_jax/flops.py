@@ -31,7 +31,7 @@ tokens, V codebook size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import layout
@@ -155,7 +155,8 @@ def dense_flops(cfg: config_lib.TransformerConfig, **kwargs) -> PlanFlops:
 
 def speedup(plan: plan_lib.SparsityPlan, cfg: config_lib.TransformerConfig,
             *, baseline: Optional[plan_lib.SparsityPlan] = None,
-            with_decode: bool = False, **kwargs) -> float:
+            with_decode: bool = False, tokenizer: Any = None,
+            **kwargs) -> float:
   """FLOP reduction of `plan` against `baseline` (default: dense).
 
   Args:
@@ -164,35 +165,46 @@ def speedup(plan: plan_lib.SparsityPlan, cfg: config_lib.TransformerConfig,
     baseline: the reference plan; dense when None.
     with_decode: add the tokenizer decode to both sides (it does not shrink:
       an early exit still decodes the full-size latent).
+    tokenizer: its stride sets the decoded image size (`image_size`).
     **kwargs: forwarded to `plan_flops`.
 
   Returns:
     baseline FLOPs / plan FLOPs.
   """
   base = plan_lib.dense_plan(cfg) if baseline is None else baseline
-  extra = decode_flops(cfg) if with_decode else 0.0
+  extra = decode_flops(cfg, tokenizer=tokenizer) if with_decode else 0.0
   return ((plan_flops(base, cfg, **kwargs).total + extra)
           / (plan_flops(plan, cfg, **kwargs).total + extra))
 
 
-def image_size(cfg: config_lib.TransformerConfig) -> Tuple[int, int]:
-  """Output image (H, W) in pixels: 16 pixels per token side."""
-  h, w = cfg.schedule[-1]
-  return h * PIXELS_PER_TOKEN_SIDE, w * PIXELS_PER_TOKEN_SIDE
+def image_size(cfg: config_lib.TransformerConfig,
+               tokenizer: Any = None) -> Tuple[int, int]:
+  """Output image (H, W) in pixels: the final latent grid times the
+  tokenizer's stride (`tokenizer.stride`, e.g. 4 for the emoji model's BSQ
+  VAE); without a tokenizer 16 pixels per token side (every public
+  variant)."""
+  stride = getattr(tokenizer, "stride", None)
+  if stride is None:
+    h, w = cfg.schedule[-1]
+    return h * PIXELS_PER_TOKEN_SIDE, w * PIXELS_PER_TOKEN_SIDE
+  h, w = config_lib.vae_grid(cfg)
+  return h * stride, w * stride
 
 
 def decode_flops(cfg: config_lib.TransformerConfig, *,
-                 image_hw: Optional[Tuple[int, int]] = None) -> float:
+                 image_hw: Optional[Tuple[int, int]] = None,
+                 tokenizer: Any = None) -> float:
   """Tokenizer decode FLOPs for one image (measured constants, see above).
 
   Args:
     cfg: the model; its style picks the tokenizer (VAR: VQVAE, Infinity: BSQ).
-    image_hw: output (H, W); default `image_size(cfg)`.
+    image_hw: output (H, W); default `image_size(cfg, tokenizer)`.
+    tokenizer: the tokenizer config (its stride sets the image size).
 
   Returns:
     FLOPs of one decode, scaled from the measured reference by pixel count.
   """
-  h, w = image_size(cfg) if image_hw is None else image_hw
+  h, w = image_size(cfg, tokenizer) if image_hw is None else image_hw
   if cfg.style == "var":
     return VQVAE_DECODE_FLOPS_256 * (h * w) / (256 * 256)
   return BSQ_DECODE_FLOPS_1024 * (h * w) / (1024 * 1024)

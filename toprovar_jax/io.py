@@ -24,6 +24,10 @@ from PIL import Image
 PathLike = Union[str, os.PathLike]
 
 
+class WorkdirNotWritableError(PermissionError):
+  """The workdir cannot be created or written to."""
+
+
 class WorkdirNotEmptyError(FileExistsError):
   """The workdir already holds files and overwriting was not requested."""
 
@@ -44,6 +48,8 @@ def prepare_workdir(path: PathLike, overwrite: bool) -> pathlib.Path:
   Raises:
     WorkdirNotEmptyError: the folder holds entries and `overwrite` is False.
     NotADirectoryError: `path` exists and is not a folder.
+    WorkdirNotWritableError: the folder cannot be created or written to
+      (checked here, before any compute).
   """
   workdir = pathlib.Path(path).expanduser().absolute()
   if workdir.exists() and not workdir.is_dir():
@@ -57,7 +63,16 @@ def prepare_workdir(path: PathLike, overwrite: bool) -> pathlib.Path:
           f"workdir {str(workdir)!r} already holds {len(entries)} entries "
           f"({shown}); pass --overwrite to replace this run's outputs, or "
           "choose another --workdir. Nothing was changed.")
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A real write: permissions, read-only mounts and full disks all show.
+    probe = workdir / f".write_probe_{secrets.token_hex(4)}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirNotWritableError(
+        f"workdir {str(workdir)!r} cannot be written ({e.strerror or e}); "
+        "choose another --workdir. Nothing was computed.") from None
   return workdir
 
 

@@ -9,6 +9,7 @@ any batch size. All on the micro Infinity config (4 scales, 3 layers) with
 a one-level BSQ tokenizer, fp32 CPU.
 """
 
+import dataclasses
 import functools
 
 from absl.testing import absltest
@@ -23,6 +24,7 @@ from toprovar_jax.models import transformer
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
+from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import validation
 from toprovar_jax.weights import loading
 
@@ -137,6 +139,33 @@ class GenerateImagesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "config.sampling.batch_size"):
       runner.generate_images(_sampler(cfg), params, vae, cond, seed=0,
                              batch_size=0, cfg_scale=3.0, tau=1.0)
+
+  def test_a_nan_weight_stops_the_run_naming_scale_and_layer(self):
+    cfg, params, vae, text, mask = _setup()
+    cond = conditions_lib.Conditions(text=text[:2], text_mask=mask[:2])
+    kw = dict(seed=0, batch_size=2, cfg_scale=3.0, tau=1.0)
+    bad = jax.tree.map(lambda t: t, params)
+    bad["blocks"]["ffn"]["fc2"]["bias"] = (
+        params["blocks"]["ffn"]["fc2"]["bias"].at[1, 5].set(jnp.nan))
+    with self.assertRaisesRegex(
+        runner.NonFiniteError,
+        r"^non-finite values \(NaN/Inf\) at scale 0 \(1x1\), first in layer 1 "
+        r"\(its output; the layers before it are finite\), batch 0, plan "
+        r"'dense'"):
+      runner.generate_images(_sampler(cfg), params=bad, vae_params=vae,
+                             conditions=cond, **kw)
+    # X in layer 1 everywhere: the bad block never runs; the head's NaN is
+    # caught after every layer was finite.
+    plan = validation.validate_plan(testing.with_scales(
+        plan_lib.dense_plan(cfg), "x1", lambda s, sp: dataclasses.replace(
+            sp, layers="FXF")), cfg)
+    bad["stem"]["head"]["bias"] = params["stem"]["head"]["bias"].at[0].set(
+        jnp.inf)
+    with self.assertRaisesRegex(
+        runner.NonFiniteError, r"at scale 0 \(1x1\), first in the logits "
+        r"\(every layer's output is finite\)"):
+      runner.generate_images(_sampler(cfg, plan), params=bad, vae_params=vae,
+                             conditions=cond, **kw)
 
   def test_plan_slug(self):
     self.assertEqual(runner.plan_slug("a/b c~frequency"), "a_b_c_frequency")

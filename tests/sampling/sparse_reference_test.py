@@ -13,18 +13,20 @@ on and off, passthrough and cached restore (the real cache of `cache_from`,
 area-resized), X layers, exit_scale and the guidance drop, on the micro
 VAR-style and Infinity-style models.
 
-Planted bugs, each tried in a scratch copy of the package (2026-12-03) and
-reverted; the tests here that failed:
+Planted bugs, each tried in a scratch copy of the package (2026-12-03,
+git archive of this branch, the bug patched in) and not committed:
   * keeping the highest-entropy tokens (`selection.entropy_keep_scores`
-    returning +entropy): every plan with entropy scoring fails on both
-    models (kept sets differ, logits off by > 1e-2): probe_previous_x_drop,
-    entropy_per_row, entropy_cached.
+    returning +entropy): the 5 plans with entropy scoring fail (kept sets
+    differ): probe_previous_x_drop_{infinity,var}, cached_{infinity,var},
+    per_row_then_frequency_infinity; exit_infinity (frequency only) passes.
+    sparse_test.py and execution_variants_test.py still passed (35 tests).
   * RoPE of the first K_s tokens for the kept ones (`layers.gather_rope`
-    returning cos[:K], sin[:K]): every Infinity plan with S layers fails
-    on the logits (VAR has no RoPE, its plans pass as they should).
+    returning cos[:K], sin[:K]): the Infinity plans fail (logits off by up
+    to 0.69; in cached_infinity a frequency kept set downstream changes
+    too). VAR has no RoPE. (The log kept only its first 40 lines, so the
+    exact list of failing tests was not recorded.)
   * kept indices not sorted (`selection.top_k_sorted` without the sort):
-    every plan fails `_assert_sorted` (the logits agree: attention does not
-    depend on token order).
+    all 6 fail `_assert_sorted` ("kept set 0 is not sorted ascending").
 """
 
 import dataclasses

@@ -179,6 +179,33 @@ class ValidationTest(absltest.TestCase):
     with self.assertRaisesRegex(shards.WeightsError, "params_000.npz"):
       shards.load_shards(directory, "params")
 
+  def test_bad_crc_or_pickled_member_names_file_and_member(self):
+    directory = _export(self)
+    manifest = shards.read_manifest(directory, "params")
+    key, leaf = sorted(manifest["leaves"].items())[0]
+    part = leaf["parts"][0]
+    path = directory / part["file"]
+    data = bytearray(path.read_bytes())
+    raw = np.load(path)[part["entry"]].tobytes()
+    at = bytes(data).index(raw[:16]) + len(raw) // 2
+    data[at] ^= 0xFF  # one byte of the member's data: its CRC no longer fits
+    path.write_bytes(bytes(data))
+    with self.assertRaisesRegex(
+        shards.WeightsError,
+        f"{path}: member '{part['entry']}' \\(leaf '{key}'\\) is not a "
+        "readable array \\(BadZipFile: Bad CRC-32"):
+      shards.load_shards(directory, "params")
+    # A member holding a pickled object (np.load refuses pickles).
+    with np.load(_export(self) / part["file"]) as z:  # an intact copy
+      members = {k: z[k] for k in z.files}
+    members[part["entry"]] = np.array([{"a": 1}], dtype=object)
+    np.savez(path, **members)
+    with self.assertRaisesRegex(
+        shards.WeightsError,
+        f"member '{part['entry']}' \\(leaf '{key}'\\) is not a readable "
+        "array \\(ValueError: Object arrays cannot be loaded"):
+      shards.load_shards(directory, "params")
+
   def test_missing_manifest_names_the_file(self):
     with self.assertRaisesRegex(FileNotFoundError, "nope.manifest.json"):
       shards.load_shards(_tempdir(self), "nope")

@@ -213,6 +213,13 @@ class LayerRun:
     # Scan bodies are traced once anyway; unrolled ones call the cached
     # trace (tracing a 2B block through flax costs ~70 ms, 320 times).
     self.apply = program.apply_block if unrolled else program.block.apply
+    # (layers,) bool: each layer's output stream is finite (set by the run;
+    # ExecutionConfig.check_finite), else None.
+    self.check_finite = ex.check_finite
+    self.finite = None
+
+  def _finite(self, x):
+    return jnp.all(jnp.isfinite(x)) if self.check_finite else None
 
   def layer(self, l):
     """(block weights, text K/V, row in the segment) of layer l."""
@@ -249,8 +256,9 @@ class LayerRun:
                        return_branches=record, **self._kv_in(kc, vc, j),
                        **self.ctx)
       x, kv = out[0], out[1]
-      return (x, *self._kv_out(kc, vc, j, kv)), out[2:]
-    (x, kc, vc), extra = self.loop(body, (x, kc, vc), self.lids)
+      return (x, *self._kv_out(kc, vc, j, kv)), (out[2:], self._finite(x))
+    (x, kc, vc), (extra, self.finite) = self.loop(body, (x, kc, vc),
+                                                  self.lids)
     extra = list(extra)
     ent = extra.pop(0) if want_entropy else None
     branches = extra.pop(0) if record else None
@@ -268,8 +276,8 @@ class LayerRun:
       xk, kv = self.apply({"params": p}, xk, self.st.cond.ada_in,
                           rope=rope_k, text_kv=tkv_l, impl=self.impl,
                           **self._kv_in(kc, vc, j), **self.ctx)
-      return (xk, *self._kv_out(kc, vc, j, kv)), None
-    (xk, kc, vc), _ = self.loop(body, (xk, kc, vc), self.lids)
+      return (xk, *self._kv_out(kc, vc, j, kv)), self._finite(xk)
+    (xk, kc, vc), self.finite = self.loop(body, (xk, kc, vc), self.lids)
     return layers.scatter_tokens(x, idx, xk, add=False), kc, vc
 
   def sparse(self, x, kc, vc, rope, idx, hw, branch_store):
@@ -299,6 +307,20 @@ class LayerRun:
           {"params": p}, x, self.st.cond.ada_in, idx=idx, select_fn=select_fn,
           rope=rope, text_kv=tkv_l, cached=cached_l, impl=self.impl,
           method=layers.Block.sparse, **self._kv_in(kc, vc, j), **self.ctx)
-      return (x, *self._kv_out(kc, vc, j, kv)), None
-    (x, kc, vc), _ = self.loop(body, (x, kc, vc), self.lids, cached)
+      return (x, *self._kv_out(kc, vc, j, kv)), self._finite(x)
+    (x, kc, vc), self.finite = self.loop(body, (x, kc, vc), self.lids,
+                                         cached)
     return x, kc, vc
+
+
+def layer_flags(finite, depth: int) -> Array:
+  """(L,) bool per layer from {first layer of a run: (layers,) bool}; a
+  layer outside every run (X) repeats the flag before it (True at 0)."""
+  flags, last = [], jnp.bool_(True)
+  for l in range(depth):
+    run = max((a for a in finite if a <= l < a + finite[a].shape[0]),
+              default=None)
+    if run is not None:
+      last = finite[run][l - run]
+    flags.append(last)
+  return jnp.stack(flags)

@@ -241,6 +241,31 @@ def compile_generate(sampler: sampler_lib.Sampler, params, vae_params,
 CPU_DEFAULT = _CPU_DEFAULT = object()
 
 
+class NonFiniteError(ValueError):
+  """Generation produced NaN / Inf (SPEC §11); the message names where."""
+
+
+def check_finite(sampler: sampler_lib.Sampler, finite, *, batch: int) -> None:
+  """Raises NonFiniteError at the first scale whose layers or logits were
+  not finite (`Generation.finite`, (S_gen, L + 1) bool; None = not checked).
+  """
+  if finite is None:
+    return
+  finite = np.asarray(finite)
+  bad = np.argwhere(~finite)
+  if not bad.size:
+    return
+  si, col = (int(t) for t in bad[0])
+  h, w = sampler.model.schedule[si]
+  where = (f"layer {col} (its output; the layers before it are finite)"
+           if col < sampler.model.depth else
+           "the logits (every layer's output is finite)")
+  raise NonFiniteError(
+      f"non-finite values (NaN/Inf) at scale {si} ({h}x{w}), first in {where}, "
+      f"batch {batch}, plan {sampler.resolved_plan.name!r}: check the "
+      "weights; nothing was written")
+
+
 def generate_images(sampler, params, vae_params,
                     conditions: conditions_lib.Conditions, *, seed: int,
                     batch_size: int, cfg_scale: float, tau: float,
@@ -283,6 +308,8 @@ def generate_images(sampler, params, vae_params,
   Raises:
     ValueError: batch_size < 1 (names config.sampling.batch_size), or a
       text mask that is not a prefix mask.
+    NonFiniteError: a batch's layers or logits were NaN / Inf (with
+      ExecutionConfig.check_finite, the default), before any decode.
   """
   if batch_size < 1:
     raise ValueError(f"config.sampling.batch_size: must be >= 1, got "
@@ -337,6 +364,7 @@ def generate_images(sampler, params, vae_params,
     out = jax.block_until_ready(
         compiled.fn(params, vae_arg, keys, *guidance, **cond))
     tb = time.perf_counter()
+    check_finite(sampler, out.finite, batch=j)
     images.append(sharding.to_host(dec(vae_params, out.latent)))
     tc = time.perf_counter()
     gen_s += tb - ta

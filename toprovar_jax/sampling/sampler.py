@@ -134,6 +134,9 @@ class ExecutionConfig:
       layers (0 = fully unrolled). On GPU every while-loop iteration costs a
       device->host round trip for its predicate, so unrolling trades compile
       time for latency.
+    check_finite: record whether each layer's output and the logits are
+      finite (`Generation.finite`, one reduction per layer); the runner
+      stops at the first that is not, naming scale and layer (SPEC §11).
   """
   attn_impl: str = "xla"
   entropy_impl: Optional[str] = None
@@ -141,6 +144,7 @@ class ExecutionConfig:
   layer_loop: str = "scan"
   unroll_tokens: int = 0
   layer_unroll: int = 1
+  check_finite: bool = True
 
   def __post_init__(self):
     if self.kv_read not in KV_READS:
@@ -166,11 +170,14 @@ class Generation:
     entropy: with `record_entropy`, per generated scale an (L, B, N_s) array
       of head-mean attention entropies of the conditional rows (NaN for layers
       that are not F at that scale), else None.
+    finite: (S_gen, L + 1) bool with `check_finite`: layer l's output at
+      scale s is finite (X repeats the layer before), column L the logits.
   """
   tokens: Array
   latent: Array
   logits: Optional[Array] = None
   entropy: Optional[Tuple[Array, ...]] = None
+  finite: Optional[Array] = None
 
 
 class _Program:
@@ -352,7 +359,8 @@ class Sampler:
       toks = toks.astype(jnp.uint8)
     lg = jnp.concatenate(st.logits, axis=1) if st.logits else None
     return Generation(tokens=toks, latent=st.latent, logits=lg,
-                      entropy=st.entropy or None)
+                      entropy=st.entropy or None,
+                      finite=jnp.stack(st.finite) if st.finite else None)
 
   # -- one scale ---------------------------------------------------------------
 
@@ -378,6 +386,7 @@ class Sampler:
     idx = None
     probe_entropy = None
     layer_entropy = []
+    finite = {}  # first layer of a run -> (layers,) bool
     for run in runs:
       if run.letter == "X":
         continue
@@ -411,12 +420,15 @@ class Sampler:
         else:
           x, kc, vc = r.sparse(x, kc, vc, rope, idx, hw, branch_store)
       caches[seg] = (kc, vc)
+      finite.update({run.start: r.finite} if r.finite is not None else {})
 
     if probe_entropy is not None:
       st = st.replace(prev_entropy=probe_entropy, prev_hw=hw)
     entropy = st.entropy
     if self.sampling.record_entropy:
       entropy = entropy + (_assemble_entropy(layer_entropy, cfg.depth, b, n),)
+    if self.execution.check_finite:
+      st = st.replace(layer_finite=layer_runs.layer_flags(finite, cfg.depth))
     return st.replace(x=x, caches=tuple(caches), branch_store=branch_store,
                       entropy=entropy)
 
@@ -462,6 +474,8 @@ class Sampler:
                                       top_p=self.sampling.top_p)
     if forced is not None:
       choice = forced[:, a_tok:e_tok].astype(jnp.int32)
+    finite = st.finite + ((jnp.append(st.layer_finite, jnp.isfinite(
+        logits).all()),) if self.execution.check_finite else ())
     logits_so_far = st.logits
     if self.sampling.return_logits:
       logits_so_far = logits_so_far + (guided_logits,)
@@ -474,7 +488,7 @@ class Sampler:
       if st.guided:
         x = jnp.concatenate([x, x], axis=0)
     return st.replace(x=x, latent=latent, tokens=st.tokens + (choice,),
-                      logits=logits_so_far, scale=si + 1)
+                      logits=logits_so_far, scale=si + 1, finite=finite)
 
 
 def check_row_keys(rng, batch: int) -> None:

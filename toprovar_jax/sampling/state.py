@@ -67,6 +67,9 @@ class ScaleState:
     batch: B (static).
     guided: whether rows are still [cond; uncond] (static).
     prev_hw: (h, w) grid of prev_entropy, or None (static).
+    layer_finite: (L,) bool, the layers' outputs at the scale just run are
+      finite (`ExecutionConfig.check_finite`), or None.
+    finite: per generated scale, (L + 1,) bool: layer_finite and the logits.
   """
   x: Array
   latent: Array
@@ -86,6 +89,8 @@ class ScaleState:
   guided: bool = flax.struct.field(pytree_node=False)
   prev_hw: Optional[Tuple[int, int]] = flax.struct.field(pytree_node=False,
                                                           default=None)
+  layer_finite: Optional[Array] = None
+  finite: Tuple[Array, ...] = ()
 
   @property
   def rows(self) -> int:

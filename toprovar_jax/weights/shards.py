@@ -285,7 +285,16 @@ def load_shards(directory: PathLike, name: str, *,
         if part["entry"] not in files[fname]:
           raise WeightsError(f"{directory / fname}: no entry "
                              f"{part['entry']!r} for leaf {key!r}")
-        arr = files[fname][part["entry"]]
+        try:
+          arr = files[fname][part["entry"]]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+          # A bad CRC, a truncated member, a pickled object (refused).
+          raise WeightsError(
+              f"{directory / fname}: member {part['entry']!r} (leaf {key!r}) "
+              f"is not a readable array ({type(e).__name__}: {e})") from None
+        if not isinstance(arr, np.ndarray):
+          raise WeightsError(f"{directory / fname}: member {part['entry']!r} "
+                             f"(leaf {key!r}) is not an array")
         if arr.dtype != stored:
           raise WeightsError(f"leaf {key!r}: {fname} stores {arr.dtype}, "
                              f"the manifest says {leaf['dtype']}")
