@@ -22,6 +22,7 @@ from absl import logging
 import jax
 
 from toprovar_jax import io
+from toprovar_jax import sharding
 from toprovar_jax.bench import compile_time
 from toprovar_jax.bench import latency
 from toprovar_jax.bench import results
@@ -44,6 +45,8 @@ _RUNS = flags.DEFINE_integer("runs", 7, "Timed runs per row (median).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per call (CFG doubles).")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 512, "Static padded text length.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
+_MESH = flags.DEFINE_integer("mesh_devices", 0, "Run the sharded program on "
+                             "a data mesh of N devices (0 = unsharded).")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also trace one call per row.")
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Only lower and compile, on abstract weights (no "
@@ -70,6 +73,9 @@ def main(argv):
   cond = latency.conditioning(cfg, setup)
   meta = results.metadata(setup, results.source_digest(
       [pathlib.Path(__file__).parent]))
+  mesh = (sharding.make_mesh(devices=jax.devices()[:_MESH.value])
+          if _MESH.value else None)
+  meta["mesh"] = None if mesh is None else sharding.mesh_axes(mesh)
   rows, errors = [], {}
   for plan in plans:
     for execution in grid:
@@ -86,7 +92,7 @@ def main(argv):
               profile_dir=str(out / "trace" / str(n)) if _PROFILE.value
               else None,
               hlo_path=str(out / f"hlo_{n}.txt.gz") if _DUMP_HLO.value
-              else None))
+              else None, mesh=mesh))
       except Exception as e:  # pylint: disable=broad-except
         # One failing row (e.g. a kernel this jax lacks) must not lose the
         # measurements of the others.

@@ -89,6 +89,9 @@ class GenerateTest(absltest.TestCase):
     self.assertEqual(r["seeds"], [0])
     self.assertEqual((r["num_samples"], r["batch_size"]), (2, 2))
     self.assertEqual(r["image_shape"], list(_IMAGE_SHAPE))
+    # The default mesh: one data axis over conftest's 4 CPU devices.
+    self.assertEqual((r["mesh"], r["device_count"], r["process_count"]),
+                     ({"data": 4}, 4, 1))
     for key in ("init_or_load_s", "compile_generate_s", "compile_decode_s",
                 "generate_s", "decode_s"):
       self.assertGreater(r["timings"][key], 0.0)

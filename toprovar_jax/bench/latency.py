@@ -246,15 +246,20 @@ def bench_plan(cfg, tok, params, vparams, vae_model,
                plan: plan_lib.SparsityPlan, *,
                execution: sampler_lib.ExecutionConfig, runs: int = 7,
                profile_dir: Optional[str] = None,
-               hlo_path: Optional[str] = None) -> Dict[str, Any]:
+               hlo_path: Optional[str] = None,
+               mesh: Optional[jax.sharding.Mesh] = None) -> Dict[str, Any]:
   """Times one plan with one execution config: transformer only, and
   transformer + decode.
 
   With `hlo_path`, also writes the optimised HLO of the generation program
   there, gzip-compressed (to read what XLA made of a scale's layer loop).
+  With a `mesh`, the sharded program (`compile_program`).
   """
   smp = make_sampler(cfg, tok, setup, plan, execution)
-  compiled, args, arrays = compile_program(smp, params, vparams, cond)
+  compiled, args, arrays = compile_program(smp, params, vparams, cond,
+                                           mesh=mesh)
+  if mesh is not None:  # the decoder reads the program's sharded latent
+    vparams = sharding.put_replicated(vparams, mesh)
   # What a user waits for before the first call: lowering and compiling.
   compile_s = compiled.lower_s + compiled.compile_s
   hlo_text = compiled.fn.as_text() if hlo_path or profile_dir else None
