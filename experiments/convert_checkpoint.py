@@ -61,10 +61,11 @@ def main(argv):
   target = run.target_for(
       _SOURCE.value, variant=_VARIANT.value, hparams=_HPARAMS.value, sd=sd,
       t5_config=str(hf_config) if hf_config and hf_config.exists() else "")
-  record = _record(_SOURCE.value, _FILE.value) if _VARIANT.value else None
-  if record is not None and record.get("variant") != target.name:
+  record = (_record(_SOURCE.value, _FILE.value)
+            if _VARIANT.value or _SOURCE.value == "t5" else None)
+  if record is not None and target.name not in record["variants"]:
     raise app.UsageError(f"--variant={target.name}: {_FILE.value} is the "
-                         f"official file of {record.get('variant')}")
+                         f"official file of {', '.join(record['variants'])}")
   run.convert(sd, target, _OUT.value, dtype=_DTYPE.value, record=record,
               source_file=str(pathlib.Path(_FILE.value).absolute()))
 

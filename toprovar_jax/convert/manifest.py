@@ -150,19 +150,24 @@ def total(want: Mapping[str, tuple]) -> int:
   return int(sum(int(np.prod(s, dtype=np.int64)) for s in want.values()))
 
 
-def as_json(target: Target, file: str) -> Dict[str, Any]:
-  """The manifest record of an official file for `target`."""
+def as_json(target: Target, file: str, variants=()) -> Dict[str, Any]:
+  """The manifest record of an official file for `target`.
+
+  `variants`: the variant-table rows this file serves (default: its name).
+  """
   want = expected(target)
-  return {"file": file, "target": target.kind, "variant": target.name,
+  return {"file": file, "target": target.kind,
+          "variants": list(variants or (target.name,)),
           "parameters": total(want),
           "tensors": {k: list(v) for k, v in sorted(want.items())}}
 
 
-def compare_json(record: Mapping[str, Any], target: Target) -> Tuple[str, ...]:
-  """Differences between a stored manifest record and our architecture."""
-  ours = as_json(target, record.get("file", ""))
-  diffs = []
-  for field in ("parameters", "tensors"):
-    if record.get(field) != ours[field]:
-      diffs.append(field)
-  return tuple(diffs)
+def compare_json(record: Mapping[str, Any], target: Target,
+                 want: Dict[str, tuple] = None) -> Tuple[str, ...]:
+  """The fields ('parameters', 'tensors') in which a stored manifest record
+  differs from our architecture (`want`: a precomputed `expected`)."""
+  want = expected(target) if want is None else want
+  ours = {"parameters": total(want),
+          "tensors": {k: list(v) for k, v in sorted(want.items())}}
+  return tuple(f for f in ("parameters", "tensors")
+               if record.get(f) != ours[f])

@@ -11,7 +11,7 @@ config, and each converted block leaf is written into its (depth, ...) slot
 of a memory-mapped scratch file. Tensors are read from the source file by
 `sources.LazyTensor` memory maps, never all at once. Orbax then writes the
 tree of memory-mapped leaves (numpy handler without its defensive deepcopy,
-at most `SAVE_CONCURRENT_GB` in flight). Process memory thus stays near one
+at most 1.25x the largest leaf in flight). Process memory thus stays near one
 block (a tensor group) plus the stem, not the checkpoint: the 2B transformer
 is 8.8 GB fp32, one block 0.27 GB. The VAEs (<= 0.5 GB) and the T5 encoder
 convert as one group each.
@@ -44,7 +44,8 @@ SOURCES = {"var": "transformer", "var_vae": "vqvae", "infinity": "transformer",
            "infinity_vae": "bsq", "t5": "t5"}
 DTYPES = {"float32": np.dtype(np.float32),
           "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-SAVE_CONCURRENT_GB = 1
+# Bytes orbax may have in flight, as a multiple of the largest leaf.
+IN_FLIGHT_LEAVES = 1.25
 CONVERSION_RECORD = "conversion.json"
 _STYLE = {"var": "var", "var_vae": "var", "infinity": "infinity",
           "infinity_vae": "infinity"}
@@ -174,8 +175,11 @@ def _save(path: pathlib.Path, tree) -> None:
   registry = type_handlers.create_type_handler_registry(
       (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
       (jax.Array, type_handlers.ArrayHandler()))
+  largest = max(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
   handler = ocp.PyTreeCheckpointHandler(
-      save_concurrent_gb=SAVE_CONCURRENT_GB, type_handler_registry=registry)
+      save_concurrent_gb=(IN_FLIGHT_LEAVES * largest + (1 << 20)) / 1e9,
+      type_handler_registry=registry, use_ocdbt=False,
+      use_compression=False)
   with ocp.Checkpointer(handler) as ckptr:
     ckptr.save(path.absolute(), args=ocp.args.PyTreeSave(tree))
 
@@ -214,11 +218,11 @@ def convert(sd: Mapping[str, Any], target: manifest.Target, out, *,
   t0 = time.perf_counter()
   want = manifest.expected(target)
   if record is not None:
-    diffs = manifest.compare_json(record, target)
+    diffs = manifest.compare_json(record, target, want)
     if diffs:
       _fail("manifest", f"{record.get('file')} record differs from our "
             f"{target.name} architecture in {', '.join(diffs)}; regenerate "
-            "it with scripts/make_manifests.py")
+            "it with experiments/make_manifests.py")
   total = manifest.check(sd, target, want)
   log(f"{target.name}: {len(sd)} tensors, {total:,} parameters match the "
       "manifest")

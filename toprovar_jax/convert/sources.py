@@ -147,16 +147,21 @@ def read_safetensors(path: PathLike) -> Dict[str, LazyTensor]:
     raise FileNotFoundError(f"{path} does not exist")
   if not path.name.endswith(".json"):
     return _safetensors_header(path)
-  weight_map = json.loads(path.read_text()).get("weight_map")
+  return _from_index(path, _safetensors_header)
+
+
+def _from_index(index: pathlib.Path, read_shard) -> Dict[str, LazyTensor]:
+  """The tensors of every shard an index json's `weight_map` names."""
+  weight_map = json.loads(index.read_text()).get("weight_map")
   if not isinstance(weight_map, dict):
-    raise ValueError(f"{path}: index json has no 'weight_map' object")
+    raise ValueError(f"{index}: index json has no 'weight_map' object")
   out: Dict[str, LazyTensor] = {}
   for shard in sorted(set(weight_map.values())):
-    file = path.parent / shard
+    file = index.parent / shard
     if not file.exists():
-      raise FileNotFoundError(f"{path.name} names shard {shard}, which is "
-                              f"absent from {path.parent}")
-    tensors = _safetensors_header(file)
+      raise FileNotFoundError(f"{index.name} names shard {shard}, which is "
+                              f"absent from {index.parent}")
+    tensors = read_shard(file)
     placed = [k for k, v in weight_map.items() if v == shard]
     absent = sorted(k for k in placed if k not in tensors)
     if absent:
@@ -201,20 +206,7 @@ def read_pth(path: PathLike, wrapper: Optional[str] = None
 
 def read_bin_shards(index: PathLike) -> Dict[str, LazyTensor]:
   """`pytorch_model.bin.index.json`: the `.pth`-format shards it names."""
-  index = pathlib.Path(index)
-  weight_map = json.loads(index.read_text()).get("weight_map")
-  if not isinstance(weight_map, dict):
-    raise ValueError(f"{index}: index json has no 'weight_map' object")
-  out: Dict[str, LazyTensor] = {}
-  for shard in sorted(set(weight_map.values())):
-    tensors = read_pth(index.parent / shard)
-    placed = [k for k, v in weight_map.items() if v == shard]
-    absent = sorted(k for k in placed if k not in tensors)
-    if absent:
-      raise ValueError(f"{shard} lacks {', '.join(absent)}, which the index "
-                       "places there")
-    out.update({k: tensors[k] for k in placed})
-  return out
+  return _from_index(pathlib.Path(index), read_pth)
 
 
 def open_checkpoint(path: PathLike) -> Dict[str, LazyTensor]:
