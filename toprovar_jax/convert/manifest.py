@@ -110,6 +110,18 @@ def layer_of(canonical_key: str) -> int:
   return int(m.group(1)) if m else -1
 
 
+def _wrapped(key: str, want: Mapping[str, tuple]) -> str:
+  """The BSQ VAE's bare spelling (`conv_in.weight`) -> the official module
+  spelling (`conv_in.conv.weight`), which both official loaders accept."""
+  if key in want:
+    return key
+  base, _, leaf = key.rpartition(".")
+  for wrapper in ("conv", "norm"):
+    if f"{base}.{wrapper}.{leaf}" in want:
+      return f"{base}.{wrapper}.{leaf}"
+  return key
+
+
 def _is_buffer(kind: str, key: str) -> bool:
   return any(key == b or key.endswith("." + b) or key.endswith(b)
              for b in BUFFERS[kind])
@@ -134,6 +146,8 @@ def check(sd: Mapping[str, Any], target: Target,
             if target.kind == "t5" else (lambda k: False))
   depth = target.config.depth if target.kind == "transformer" else 0
   names = canonical(sd.keys(), depth) if depth else {k: k for k in sd}
+  if target.kind == "bsq":
+    names = {k: _wrapped(v, want) for k, v in names.items()}
   got = {names[k]: tuple(v.shape) for k, v in sd.items()}
   missing = [k for k in want if k not in got]
   unexpected = [k for k in got if k not in want and not ignore(k)
