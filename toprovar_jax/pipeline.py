@@ -75,6 +75,28 @@ def _validate_sampling(config, model: config_lib.TransformerConfig) -> None:
             f"{model.name} (its cfg_uncond rows), got {s.text_len}")
 
 
+def models_from_config(config) -> Tuple[config_lib.TransformerConfig, Any]:
+  """(transformer, tokenizer) configs: the variant table's row, or those of
+  a reference json when `config.model.reference` names one
+  (`configs/reference.py`: a model of any depth from its hyper-parameters).
+  """
+  reference = config.model.get("reference", "")
+  if not reference:
+    model = config_lib.get_variant(config.model.variant)
+    return model, config_lib.get_tokenizer(model.name)
+  import json  # pylint: disable=import-outside-toplevel
+  from toprovar_jax import parity  # pylint: disable=import-outside-toplevel
+  try:
+    with open(reference) as f:
+      meta = json.load(f)
+    style = "infinity" if "model_kwargs" in meta["hyperparameters"] else "var"
+    return (parity.infinity_configs(meta) if style == "infinity"
+            else parity.var_configs(meta))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    _fail("model.reference", f"{reference}: not a reference json "
+          f"({type(e).__name__}: {e})")
+
+
 def plan_specs(config) -> Tuple[str, ...]:
   """`config.sparsity.plan`, then each spec of `config.sparsity.compare`.
 
@@ -115,7 +137,7 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
       message names the scale and field, and `config.sparsity.compare[i]`
       for the compared plans.
   """
-  model = config_lib.get_variant(config.model.variant)
+  model, tokenizer = models_from_config(config)
   _validate_sampling(config, model)
   sampling = sampler_lib.SamplingConfig(
       top_k=int(config.sampling.top_k), top_p=float(config.sampling.top_p),
@@ -141,8 +163,7 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
             f"{specs[i]!r} are both named {slug!r}; their outputs would "
             "collide")
   return tuple(sampler_lib.Sampler(
-      model=model, tokenizer=config_lib.get_tokenizer(model.name),
-      sampling=sampling, execution=execution, plan=plan) for plan in plans)
+      model=model, tokenizer=tokenizer, sampling=sampling, execution=execution, plan=plan) for plan in plans)
 
 
 def sampler_from_config(config) -> sampler_lib.Sampler:
@@ -170,8 +191,8 @@ def params_from_config(config, rng: jax.Array
   Returns:
     (params, vae_params, source); see `loading.load_or_init`.
   """
-  model = config_lib.get_variant(config.model.variant)
+  model, tokenizer = models_from_config(config)
   return loading.load_or_init(
-      model, config_lib.get_tokenizer(model.name),
+      model, tokenizer,
       transformer_path=config.ckpt.transformer,
       tokenizer_path=config.ckpt.tokenizer, rng=rng)
