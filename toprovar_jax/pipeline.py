@@ -100,6 +100,28 @@ def model_from_config(config) -> config_lib.TransformerConfig:
   return model
 
 
+def models_from_config(config) -> Tuple[config_lib.TransformerConfig, Any]:
+  """(transformer, tokenizer) configs: the variant table's row, or those of
+  a reference json when `config.model.reference` names one
+  (`configs/reference.py`: a model of any depth from its hyper-parameters).
+  """
+  reference = config.model.get("reference", "")
+  if not reference:
+    model = model_from_config(config)
+    return model, config_lib.get_tokenizer(model.name)
+  import json  # pylint: disable=import-outside-toplevel
+  from toprovar_jax import parity  # pylint: disable=import-outside-toplevel
+  try:
+    with open(reference) as f:
+      meta = json.load(f)
+    style = "infinity" if "model_kwargs" in meta["hyperparameters"] else "var"
+    return (parity.infinity_configs(meta) if style == "infinity"
+            else parity.var_configs(meta))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    _fail("model.reference", f"{reference}: not a reference json "
+          f"({type(e).__name__}: {e})")
+
+
 def plan_specs(config) -> Tuple[str, ...]:
   """`config.sparsity.plan`, then each spec of `config.sparsity.compare`.
 
@@ -166,13 +188,13 @@ def samplers_from_config(config) -> Tuple[sampler_lib.Sampler, ...]:
 
 def _base_sampler(config) -> sampler_lib.Sampler:
   """The config's Sampler without a plan (dense), sampling validated."""
-  model = model_from_config(config)
+  model, tokenizer = models_from_config(config)
   _validate_sampling(config, model)
   s = config.sampling
   # The config's sampling group also holds the execution settings a launch
   # may choose (the rest keep ExecutionConfig's defaults).
   return sampler_lib.Sampler(
-      model=model, tokenizer=config_lib.get_tokenizer(model.name),
+      model=model, tokenizer=tokenizer,
       sampling=sampler_lib.SamplingConfig(
           top_k=int(s.top_k), top_p=float(s.top_p), dtype=config.model.dtype),
       execution=sampler_lib.ExecutionConfig(
@@ -282,9 +304,9 @@ def params_from_config(config, rng: jax.Array
   Returns:
     (params, vae_params, source); see `loading.load_or_init`.
   """
-  model = model_from_config(config)
+  model, tokenizer = models_from_config(config)
   return loading.load_or_init(
-      model, config_lib.get_tokenizer(model.name),
+      model, tokenizer,
       transformer_path=config.ckpt.transformer,
       tokenizer_path=config.ckpt.tokenizer, rng=rng)
 

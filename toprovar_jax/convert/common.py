@@ -25,7 +25,10 @@ class StateDict:
 
   def __init__(self, sd: Mapping[str, Any], *, ignore: Iterable[str] = (),
                context: str = ""):
-    self._sd = {k: np.asarray(v) for k, v in sd.items()}
+    # Values are read (np.asarray) only when taken: a `sources.LazyTensor`
+    # stays on disk until then.
+    self._record = sd if isinstance(sd, RecordKeys) else None
+    self._sd = {} if self._record is not None else dict(sd)
     self._used = set()
     self._missing = []
     self._mismatched = []
@@ -35,19 +38,24 @@ class StateDict:
     self._ignore_suffixes = tuple(ignore)
 
   def has(self, key: str) -> bool:
-    return key in self._sd
+    return self._record is not None or key in self._sd
 
   def take(self, key: str, shape: Optional[tuple] = None,
            dtype=np.float32) -> Optional[np.ndarray]:
     """Returns the array under `key` (cast to dtype), recording problems."""
+    if self._record is not None:
+      self._record.taken[key] = tuple(shape)
+      return np.zeros(shape, dtype or np.float32)
     if key not in self._sd:
       self._missing.append(key)
       return None
     self._used.add(key)
-    arr = self._sd[key]
-    if shape is not None and tuple(arr.shape) != tuple(shape):
-      self._mismatched.append((key, tuple(arr.shape), tuple(shape)))
+    value = self._sd[key]
+    got = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+    if shape is not None and got != tuple(shape):
+      self._mismatched.append((key, got, tuple(shape)))
       return None
+    arr = np.asarray(value)
     return arr.astype(dtype) if dtype is not None else arr
 
   def finish(self):
@@ -58,6 +66,27 @@ class StateDict:
       raise strict.ConversionError(
           missing=self._missing, unexpected=unexpected,
           mismatched=self._mismatched, context=self._context)
+
+
+class RecordKeys(Mapping):
+  """A state dict that holds every key: converters given one record the
+  official keys and shapes they take (in `taken`) and receive zeros.
+
+  This is how the manifests of official files are derived from our
+  architecture (`convert.manifest`), with no upstream code.
+  """
+
+  def __init__(self):
+    self.taken: Dict[str, tuple] = {}
+
+  def __getitem__(self, key):
+    raise KeyError(key)
+
+  def __iter__(self):
+    return iter(())
+
+  def __len__(self):
+    return 0
 
 
 def linear(w: Optional[np.ndarray]) -> Optional[np.ndarray]:

@@ -94,8 +94,9 @@ def convert_state_dict(state_dict: Mapping[str, Any],
     ValueError: both embedding names present with different values.
   """
   c, f, inner = config.d_model, config.d_ff, config.inner_dim
-  sd = common.StateDict({k: v for k, v in state_dict.items()
-                         if is_encoder_key(k)},
+  if not isinstance(state_dict, common.RecordKeys):
+    state_dict = {k: v for k, v in state_dict.items() if is_encoder_key(k)}
+  sd = common.StateDict(state_dict,
                         context="T5 encoder state_dict")
   params: Params = {
       "token_embedding": _take_embedding(sd, (config.vocab_size, c)),
