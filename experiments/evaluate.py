@@ -18,6 +18,7 @@ file, a workdir holding files without --overwrite) stops with one line
 naming the field, before any compute and with nothing written.
 """
 
+import functools
 import sys
 import time
 
@@ -29,6 +30,7 @@ from ml_collections import config_flags
 
 from toprovar_jax import io
 from toprovar_jax import pipeline
+from toprovar_jax.sampling import runner
 from toprovar_jax.evaluation import plans
 from toprovar_jax.metrics import lpips
 
@@ -51,15 +53,16 @@ _OVERWRITE = flags.DEFINE_bool(
 
 
 def _dynamic_generator(config, spec):
-  """The single hand-off of per-image specs ('skipvar', 'adaptive:PATH').
-
-  Issue 13 merge: return plans.PlanGenerator(spec=spec, name=...,
-  run=<pipeline.generator_from_spec(config, spec)>, flops=None); its
-  Output's flops_per_image gives the FLOPs.
-  """
-  del config
-  raise ValueError(f"--plans: {spec!r} chooses its plan per image; "
-                   "pipeline.generator_from_spec is not in this build")
+  """The single hand-off of per-image specs ('skipvar', 'adaptive:PATH'):
+  `pipeline.generator_from_spec`; its Output's flops_per_image gives the
+  FLOPs."""
+  try:
+    gen = pipeline.generator_from_spec(config, spec)
+  except ValueError as e:
+    raise ValueError(f"--plans: {spec!r}: {e}") from None
+  run = functools.partial(runner.generate_images, gen)
+  return plans.PlanGenerator(spec=spec, name=runner.run_name(gen), run=run,
+                             flops=None)
 
 
 def _setup(config):
