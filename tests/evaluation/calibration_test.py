@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import testing
+from toprovar_jax.evaluation import budget
 from toprovar_jax.evaluation import calibration as run_lib
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
@@ -25,6 +26,7 @@ from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import calibration
 from toprovar_jax.sparsity import named
+from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.weights import loading
 
 TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1), num_res_blocks=0,
@@ -129,6 +131,22 @@ class CollectTest(absltest.TestCase):
       self.assertEqual(rec["keep"], list(cal.keep))
       self.assertEqual("kept_tokens.png" in names,
                        any(sp.scorer == "entropy" for sp in cal.plan.scales))
+
+  def test_ssim_evaluator_and_frontier_files(self):
+    sampler, params, vae, cond = setup()
+    evaluate = budget.ssim_evaluator(
+        sampler, params, vae, cond, run_lib.dense_images(self.full_dir, 5),
+        **RUN)
+    # The dense plan without entropy recording makes the same images.
+    self.assertEqual(evaluate(plan_lib.dense_plan(sampler.model)), 1.0)
+    record = dict(target_ssim=0.8, plans=[
+        dict(flop_speedup=1.5, ssim=0.9, chosen=True),
+        dict(flop_speedup=2.5, ssim=0.7, chosen=False)])
+    with tempfile.TemporaryDirectory() as d:
+      run_lib.write_frontier(pathlib.Path(d), record)
+      self.assertEqual(json.loads((pathlib.Path(d) / "frontier.json")
+                                  .read_text()), record)
+      self.assertTrue((pathlib.Path(d) / "frontier.png").is_file())
 
   def test_kept_masks_keep_the_lowest_probe_entropy(self):
     cfg = setup()[0].model
