@@ -21,8 +21,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
+from experiments import run_flags
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import io
 from toprovar_jax import pipeline
@@ -30,16 +30,6 @@ from toprovar_jax.evaluation import budget
 from toprovar_jax.evaluation import calibration as run_lib
 from toprovar_jax.sparsity import calibration
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.",
-                                          lock_config=True)
-_PROMPTS = flags.DEFINE_string("prompts", None, "One prompt (or VAR class "
-                               "label) per line.")
-_NUM = flags.DEFINE_integer("num_images", 0, "Images (prompts cycle); 0 = "
-                            "one per line.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed: image j gets fold_in(seed, j).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumes).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start again in a used "
-                               "workdir.")
 _TARGET = flags.DEFINE_float("target_ssim", 0.0, "Budget mode: mean SSIM vs "
                              "dense to meet (0 = off).")
 _MAX_EVALS = flags.DEFINE_integer("max_evals", 8, "Budget mode: most plans "
@@ -59,7 +49,9 @@ _SOURCE = flags.DEFINE_enum("entropy_from", "auto", calibration.ENTROPY_FROM,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config, s = _CONFIG.value, _CONFIG.value.sampling
+  run_flags.refuse_unused("calibrate", "config", "workdir", "overwrite",
+      "prompts", "seed", "num_images", "batch_size")
+  config, s = run_flags.CONFIG.value, run_flags.CONFIG.value.sampling
   base = calibration.CalibrationConfig(
       tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
       rho_star=_STAR.value,
@@ -67,17 +59,20 @@ def main(argv):
       entropy_from=_SOURCE.value)
   sampler = pipeline.sampler_from_config(config)
   model = sampler.model
-  conditions = run_lib.read_conditions(_PROMPTS.value, model,
-                                       num_images=_NUM.value,
+  conditions = run_lib.read_conditions(run_flags.PROMPTS.value, model,
+                                       num_images=run_flags.NUM_IMAGES.value,
                                        text_len=s.text_len)
-  resume = (pathlib.Path(_WORKDIR.value) / run_lib.STATE).exists()
-  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value or resume)
+  resume = (pathlib.Path(run_flags.WORKDIR.value) / run_lib.STATE).exists()
+  workdir = io.prepare_workdir(run_flags.WORKDIR.value,
+                               run_flags.OVERWRITE.value or resume)
   params, vae_params, _ = pipeline.params_from_config(
       config, jax.random.key(config.seed))
-  run = dict(seed=_SEED.value, batch_size=s.batch_size,
+  run = dict(seed=run_flags.seed(config),
+             batch_size=run_flags.batch_size(config),
              cfg_scale=s.cfg_scale, tau=s.tau)
   stats = run_lib.collect(sampler, params, vae_params, conditions, workdir,
-                          rep_side=_REP.value, fresh=_OVERWRITE.value, **run)
+                          rep_side=_REP.value,
+                          fresh=run_flags.OVERWRITE.value, **run)
   cal, extra = calibration.calibrate(stats, model, base), {}
   if _TARGET.value:
     evaluate = budget.ssim_evaluator(

@@ -20,8 +20,8 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from experiments import run_flags
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import io
 from toprovar_jax import pipeline
@@ -29,33 +29,27 @@ from toprovar_jax.evaluation import branch_training
 from toprovar_jax.sparsity import adaptive
 from toprovar_jax.sparsity import named
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.",
-                                          lock_config=True)
-_PROMPTS = flags.DEFINE_string("prompts", None, "Training prompts, one a line.")
-_NUM = flags.DEFINE_integer("num_images", 64, "Training images.")
-_SEED = flags.DEFINE_integer("seed", 0, "Image i uses fold_in(key(seed), i).")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Images per call.")
 _BASE = flags.DEFINE_string("base_plan", None, "Plan spec of the family.")
 _DEPTHS = flags.DEFINE_list("first_pruned", [], "The family's D values.")
-_PLANS = flags.DEFINE_list("plans", [], "Or: the family as plan specs.")
 _STATS = flags.DEFINE_list("statistic_scales", [], "Scales of ρ (default: "
                            "the 3 before the decision scale).")
 _BUDGET = flags.DEFINE_integer("budget_plan", -1, "Budget: FLOPs of this "
                                "family plan, cheapest first (-1: middle).")
 _NAME = flags.DEFINE_string("name", "", "Method name ('' = <base>_adaptive).")
-_OUT = flags.DEFINE_string("out", None, "The adaptive spec JSON to write.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  run_flags.refuse_unused("calibrate_adaptive", "config", "prompts", "seed",
+      "num_images", "batch_size", "plans", "out")
+  config = run_flags.CONFIG.value
   base, conditions, params, vae, source, prompts = (
-      pipeline.dense_run_from_prompts_file(config, _PROMPTS.value,
-                                           _NUM.value))
+      pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
+                                           run_flags.NUM_IMAGES.value))
   model = base.model
-  if _PLANS.value:
-    plans = [named.load_plan(p, model) for p in _PLANS.value]
+  if run_flags.PLANS.value:
+    plans = [named.load_plan(p, model) for p in run_flags.PLANS.value]
   else:
     plan = named.load_plan(_BASE.value, model)
     first = adaptive.first_pruned(plan)
@@ -72,15 +66,16 @@ def main(argv):
       base, params, vae, conditions,
       name=_NAME.value or f"{plans[0].name.split('_D')[0]}_adaptive",
       plans=plans, decision_scale=d, statistic_scales=stats,
-      budget_flops=budget, seed=_SEED.value, batch_size=_BATCH.value,
+      budget_flops=budget, seed=run_flags.seed(config),
+      batch_size=run_flags.batch_size(config),
       cfg_scale=config.sampling.cfg_scale, tau=config.sampling.tau,
       text_tokens=config.sampling.text_len)
   record.update(branch_training.provenance(
-      source, _PROMPTS.value, prompts, seed=_SEED.value,
+      source, run_flags.PROMPTS.value, prompts, seed=run_flags.seed(config),
       seconds=time.perf_counter() - t0))
   logging.info("Adaptive calibration: %s", record)
-  io.write_json_atomic(_OUT.value, adaptive.spec_to_dict(spec, record))
-  logging.info("Wrote %s (%.0f s)", _OUT.value, record["seconds"])
+  io.write_json_atomic(run_flags.OUT.value, adaptive.spec_to_dict(spec, record))
+  logging.info("Wrote %s (%.0f s)", run_flags.OUT.value, record["seconds"])
 
 
 if __name__ == "__main__":

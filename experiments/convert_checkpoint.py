@@ -27,6 +27,7 @@ import pathlib
 from absl import app
 from absl import flags
 
+from experiments import run_flags
 from toprovar_jax.convert import run
 from toprovar_jax.convert import sources
 
@@ -38,7 +39,6 @@ _HPARAMS = flags.DEFINE_string("hparams", "", "Reference json instead of "
                                "--variant (a model outside the table).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", sorted(run.DTYPES),
                            "Stored dtype of the checkpoint.")
-_OUT = flags.DEFINE_string("out", None, "Orbax directory to create.")
 
 _PROJECTS = {"var": "var", "var_vae": "var", "infinity": "infinity",
              "infinity_vae": "infinity", "t5": "flan_t5"}
@@ -55,6 +55,7 @@ def _record(source: str, file: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  run_flags.refuse_unused("convert_checkpoint", "out")
   sd = sources.open_checkpoint(_FILE.value)
   folder = pathlib.Path(_FILE.value)
   hf_config = folder / "config.json" if folder.is_dir() else None
@@ -66,7 +67,7 @@ def main(argv):
   if record is not None and target.name not in record["variants"]:
     raise app.UsageError(f"--variant={target.name}: {_FILE.value} is the "
                          f"official file of {', '.join(record['variants'])}")
-  run.convert(sd, target, _OUT.value, dtype=_DTYPE.value, record=record,
+  run.convert(sd, target, run_flags.OUT.value, dtype=_DTYPE.value, record=record,
               source_file=str(pathlib.Path(_FILE.value).absolute()))
 
 

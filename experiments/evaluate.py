@@ -26,30 +26,19 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
+from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax.sampling import runner
 from toprovar_jax.evaluation import plans
 from toprovar_jax.metrics import lpips
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Model config, e.g. configs/emoji.py.", lock_config=True)
-_PROMPTS = flags.DEFINE_string("prompts", None, "File: one prompt per line.")
-_PLANS = flags.DEFINE_string(
-    "plans", "dense,fastvar", "Comma-separated plan specs: dense, fastvar, "
-    "skipvar, adaptive:PATH, a named plan, a plan JSON path, "
-    "skipvar_skipK[_uncondS].")
-_SEED = flags.DEFINE_integer("seed", None, "Seed (default: the config's).")
+# --plans (run_flags) when not given.
+_DEFAULT_PLANS = ("dense", "fastvar")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 0, "Images per plan; 0 = one per prompt, else cycled.")
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 0, "Images per generate call; 0 = the config's.")
 _GRID_COLUMNS = flags.DEFINE_integer("grid_columns", 8, "Captions in grid.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
-_OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Allow a workdir that already holds files.")
 
 
 def _dynamic_generator(config, spec):
@@ -67,13 +56,14 @@ def _dynamic_generator(config, spec):
 
 def _setup(config):
   """Everything cheap and checkable, before any compute or write."""
-  specs = plans.parse_plan_specs(_PLANS.value)
-  lines = plans.read_prompts(_PROMPTS.value)
+  specs = plans.parse_plan_specs(
+      ",".join(run_flags.PLANS.value or _DEFAULT_PLANS))
+  lines = plans.read_prompts(run_flags.PROMPTS.value)
   if _NUM_SAMPLES.value < 0:
     raise ValueError(f"--num_samples: must be >= 0, got {_NUM_SAMPLES.value}")
   if _GRID_COLUMNS.value < 1:
     raise ValueError(f"--grid_columns: must be >= 1, got {_GRID_COLUMNS.value}")
-  batch_size = _BATCH_SIZE.value or config.sampling.batch_size
+  batch_size = run_flags.batch_size(config)
   if batch_size < 1:
     raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
   base = pipeline.sampler_from_config(config)
@@ -84,22 +74,25 @@ def _setup(config):
   conditions = plans.make_conditions(base.model, lines,
                                      num_samples=_NUM_SAMPLES.value,
                                      text_len=text_len)
-  workdir = io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value)
+  workdir = io.prepare_workdir(run_flags.WORKDIR.value,
+                               run_flags.OVERWRITE.value)
   return gens, conditions, batch_size, workdir
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  run_flags.refuse_unused("evaluate", "config", "workdir", "overwrite",
+      "prompts", "seed", "batch_size", "plans")
   t0 = time.perf_counter()
-  config = _CONFIG.value
+  config = run_flags.CONFIG.value
   logging.info("JAX %s, %s; config:\n%s", jax.__version__, jax.devices(),
                config)
   try:
     gens, conditions, batch_size, workdir = _setup(config)
   except (ValueError, OSError) as e:  # bad input: one line, nothing written
     sys.exit(f"evaluate: {e}")
-  seed = config.sampling.seed if _SEED.value is None else _SEED.value
+  seed = run_flags.seed(config)
   params, vae_params, source = pipeline.params_from_config(
       config, jax.random.key(config.seed))
   s = config.sampling
@@ -112,7 +105,7 @@ def main(argv):
                config="config.json")
   record = plans.results_record(
       results, config=config.to_dict(), seed=seed,
-      prompts_file=_PROMPTS.value, conditions=conditions,
+      prompts_file=run_flags.PROMPTS.value, conditions=conditions,
       batch_size=batch_size, files=files, params_source=source.transformer,
       tokenizer_source=source.tokenizer, wall_s=time.perf_counter() - t0)
   io.write_png_atomic(workdir / files["grid"], plans.grid_image(

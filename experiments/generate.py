@@ -23,8 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
+from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax import report
@@ -32,12 +32,6 @@ from toprovar_jax import sharding
 from toprovar_jax.sampling import runner
 from toprovar_jax.text import features
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/tiny.py[:key=value,...].",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder of the run.")
-_OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Allow a workdir that already holds files.")
 # Several hosts (README "Several devices and hosts"): one process per host.
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", "", "host:port of process 0 ('' = one process).")
@@ -48,9 +42,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's id.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  run_flags.refuse_unused("generate", "config", "workdir", "overwrite")
   sharding.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                       _PROCESS_ID.value)
-  config = _CONFIG.value
+  config = run_flags.CONFIG.value
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   logging.info("Config:\n%s", config)
@@ -61,7 +56,8 @@ def main(argv):
   mesh = pipeline.mesh_from_config(config)
   # Several processes (README "Several hosts"): all compute, process 0 writes.
   writer = jax.process_index() == 0
-  workdir = (io.prepare_workdir(_WORKDIR.value, _OVERWRITE.value) if writer
+  workdir = (io.prepare_workdir(run_flags.WORKDIR.value,
+                                  run_flags.OVERWRITE.value) if writer
              else None)
   logging.info("Plans %s, %d samples, mesh %s -> %s",
                [runner.run_name(s) for s in samplers],

@@ -19,20 +19,13 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
 from toprovar_jax.evaluation import branch_training
 from toprovar_jax.sparsity import classifier
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.",
-                                          lock_config=True)
-_PROMPTS = flags.DEFINE_string("prompts", None, "Training prompts, one a line.")
-_NUM = flags.DEFINE_integer("num_images", 64, "Training images (prompts "
-                            "cycle).")
-_SEED = flags.DEFINE_integer("seed", 0, "Image i uses fold_in(key(seed), i).")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Images per call.")
 _CLASSES = flags.DEFINE_list(
     "classes", ["skipvar_skip0", "skipvar_skip1", "skipvar_skip2",
                 "skipvar_skip3"], "The actions (plan names / specs).")
@@ -41,16 +34,17 @@ _FEATURE = flags.DEFINE_integer("feature_scale", -1, "Scale of the small "
                                 "decodes (-1 = side nearest final / 8).")
 _TARGET = flags.DEFINE_float("ssim_target", 0.85, "SSIM an action must keep.")
 _C = flags.DEFINE_float("c", 1.0, "Inverse L2 strength (sklearn's C).")
-_OUT = flags.DEFINE_string("out", None, "The classifier JSON to write.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  run_flags.refuse_unused("train_skipvar", "config", "prompts", "seed",
+      "num_images", "batch_size", "out")
+  config = run_flags.CONFIG.value
   base, conditions, params, vae, source, prompts = (
-      pipeline.dense_run_from_prompts_file(config, _PROMPTS.value,
-                                           _NUM.value))
+      pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
+                                           run_flags.NUM_IMAGES.value))
   model = base.model
   t0 = time.perf_counter()
   spec, record = branch_training.train_skipvar(
@@ -59,16 +53,17 @@ def main(argv):
                       classifier.default_decision_scale(model.num_scales)),
       feature_scale=(_FEATURE.value if _FEATURE.value >= 0 else
                      classifier.default_feature_scale(model.schedule)),
-      ssim_target=_TARGET.value, c=_C.value, seed=_SEED.value,
-      batch_size=_BATCH.value, cfg_scale=config.sampling.cfg_scale,
+      ssim_target=_TARGET.value, c=_C.value, seed=run_flags.seed(config),
+      batch_size=run_flags.batch_size(config),
+      cfg_scale=config.sampling.cfg_scale,
       tau=config.sampling.tau, text_tokens=config.sampling.text_len)
   record.update(branch_training.provenance(
-      source, _PROMPTS.value, prompts, seed=_SEED.value,
+      source, run_flags.PROMPTS.value, prompts, seed=run_flags.seed(config),
       seconds=time.perf_counter() - t0))
   logging.info("SkipVAR classifier: %s", record)
-  io.write_json_atomic(_OUT.value,
+  io.write_json_atomic(run_flags.OUT.value,
                        classifier.spec_to_dict(spec, dict(training=record)))
-  logging.info("Wrote %s (%.0f s)", _OUT.value, record["seconds"])
+  logging.info("Wrote %s (%.0f s)", run_flags.OUT.value, record["seconds"])
 
 
 if __name__ == "__main__":

@@ -301,14 +301,6 @@ class ExecutionVariantsTest(parameterized.TestCase):
     chex.assert_trees_all_close(out.logits, ref.logits, atol=1e-4, rtol=0)
     chex.assert_trees_all_close(out.entropy, ref.entropy, atol=1e-4, rtol=0)
 
-  def test_text_mask_must_be_a_prefix(self):
-    sampler_lib.check_text_mask(np.array([[True, True, False], [True] * 3]))
-    with self.assertRaisesRegex(ValueError, "text_mask row 1 is not a prefix"):
-      sampler_lib.check_text_mask(np.array([[True, False, False],
-                                            [True, False, True]]))
-    with self.assertRaisesRegex(ValueError, "text_mask must be a .B, T. bool"):
-      sampler_lib.check_text_mask(np.ones((2, 3), np.int32))
-
   def test_unknown_layer_loop_raises(self):
     with self.assertRaisesRegex(ValueError, "layer_loop"):
       sampler_lib.ExecutionConfig(layer_loop="fori")

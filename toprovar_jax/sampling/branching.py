@@ -45,6 +45,7 @@ import numpy as np
 
 from toprovar_jax import flops as flops_lib
 from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import inputs
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sampling import state as state_lib
@@ -215,7 +216,7 @@ class Branching:
         if p.restore == "cached" and p.cache_from < d}
     st = s.init_state(program, params, labels=labels, text=text,
                       text_mask=text_mask)
-    sampler_lib.check_row_keys(rng, st.batch)
+    inputs.check_row_keys(rng, st.batch)
     latents = []
     for _ in range(d):
       st = s.step(program, params, vae_params, st, rng=rng,
@@ -324,7 +325,7 @@ class Run:
       raise ValueError(f"config.sampling.batch_size: must be >= 1, got "
                        f"{batch_size}")
     if conditions.text_mask is not None:
-      sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
+      inputs.check_text_mask(np.asarray(conditions.text_mask))
     self.br, self.params, self.vae = br, params, vae_params
     self.conditions, self.seed, self.b = conditions, seed, batch_size
     self.guidance = tuple(jnp.float32(g) for g in guidance)

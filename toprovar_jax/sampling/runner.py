@@ -45,6 +45,7 @@ from toprovar_jax import sharding
 from toprovar_jax.models import bsq_vae
 from toprovar_jax.models import vqvae
 from toprovar_jax.sampling import conditions as conditions_lib
+from toprovar_jax.sampling import inputs
 from toprovar_jax.sampling import sampler as sampler_lib
 
 Array = jax.Array
@@ -326,7 +327,7 @@ def generate_images(sampler, params, vae_params,
         cfg_scale=cfg_scale, tau=tau, options=options,
         text_tokens=text_tokens)
   if conditions.text_mask is not None:
-    sampler_lib.check_text_mask(np.asarray(conditions.text_mask))
+    inputs.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
   if mesh is not None:
     rows = sharding.rows_per_call(batch_size, mesh)

@@ -59,6 +59,7 @@ from toprovar_jax.models import axes
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import layers
 from toprovar_jax.models import transformer
+from toprovar_jax.sampling import inputs
 from toprovar_jax.sampling import latents as latents_lib
 from toprovar_jax.sampling import layer_runs
 from toprovar_jax.sampling import state as state_lib
@@ -270,7 +271,7 @@ class Sampler:
 
     Every text_mask row must be a prefix (real tokens first, then padding):
     cross-attention takes each row's valid text as a length, as the official
-    varlen code does. Host-side callers check it with `check_text_mask`.
+    varlen code does. Host-side callers check it with `inputs.check_text_mask`.
     """
     return self._generate(params, vae_params, rng, cfg_scale, tau, labels,
                           text, text_mask, forced)
@@ -281,7 +282,7 @@ class Sampler:
     program = self.program(params)
     st = self.init_state(program, params, labels=labels, text=text,
                          text_mask=text_mask)
-    check_row_keys(rng, st.batch)
+    inputs.check_row_keys(rng, st.batch)
     for _ in range(program.num_gen):
       st = self.step(program, params, vae_params, st, rng=rng,
                      cfg_scale=cfg_scale, tau=tau, forced=forced)
@@ -489,32 +490,6 @@ class Sampler:
         x = jnp.concatenate([x, x], axis=0)
     return st.replace(x=x, latent=latent, tokens=st.tokens + (choice,),
                       logits=logits_so_far, scale=si + 1, finite=finite)
-
-
-def check_row_keys(rng, batch: int) -> None:
-  """Raises ValueError unless `rng` is (batch,) typed PRNG keys (works on
-  tracers: shapes and dtypes are static)."""
-  if (not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
-      or tuple(rng.shape) != (batch,)):
-    raise ValueError(
-        f"rng must be ({batch},) typed PRNG keys (jax.random.key), one per "
-        f"row of the batch; got {rng.dtype} {tuple(rng.shape)}")
-
-
-def check_text_mask(text_mask: np.ndarray) -> None:
-  """Raises ValueError unless every row of the (B, T) bool mask is a prefix
-  (True for the real tokens, then False for the padding)."""
-  if text_mask.ndim != 2 or text_mask.dtype != np.bool_:
-    raise ValueError("text_mask must be a (B, T) bool array, got "
-                     f"{text_mask.dtype} {text_mask.shape}")
-  lengths = text_mask.sum(axis=1)
-  prefix = np.arange(text_mask.shape[1])[None] < lengths[:, None]
-  bad = np.flatnonzero(np.any(text_mask != prefix, axis=1))
-  if bad.size:
-    raise ValueError(
-        f"text_mask row {int(bad[0])} is not a prefix mask (real tokens "
-        "first, then padding); the sampler passes each row's text to "
-        "cross-attention as a length, as the official varlen code does")
 
 
 def _assemble_entropy(parts, depth: int, b: int, n: int) -> Array:
