@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import io
@@ -52,19 +53,20 @@ def main(argv):
   run_flags.refuse_unused("calibrate", "config", "workdir", "overwrite",
       "prompts", "seed", "num_images", "batch_size")
   config, s = run_flags.CONFIG.value, run_flags.CONFIG.value.sampling
-  base = calibration.CalibrationConfig(
-      tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
-      rho_star=_STAR.value,
-      alpha_min=_AMIN.value, alpha_max=_AMAX.value,
-      entropy_from=_SOURCE.value)
-  sampler = pipeline.sampler_from_config(config)
-  model = sampler.model
-  conditions = run_lib.read_conditions(run_flags.PROMPTS.value, model,
-                                       num_images=run_flags.NUM_IMAGES.value,
-                                       text_len=s.text_len)
-  resume = (pathlib.Path(run_flags.WORKDIR.value) / run_lib.STATE).exists()
-  workdir = io.prepare_workdir(run_flags.WORKDIR.value,
-                               run_flags.OVERWRITE.value or resume)
+  with launch.input_phase():
+    base = calibration.CalibrationConfig(
+        tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
+        rho_star=_STAR.value,
+        alpha_min=_AMIN.value, alpha_max=_AMAX.value,
+        entropy_from=_SOURCE.value)
+    sampler = pipeline.sampler_from_config(config)
+    model = sampler.model
+    conditions = run_lib.read_conditions(run_flags.PROMPTS.value, model,
+                                         num_images=run_flags.NUM_IMAGES.value,
+                                         text_len=s.text_len)
+    resume = (pathlib.Path(run_flags.WORKDIR.value) / run_lib.STATE).exists()
+    workdir = io.prepare_workdir(run_flags.WORKDIR.value,
+                                 run_flags.OVERWRITE.value or resume)
   params, vae_params, _ = pipeline.params_from_config(
       config, jax.random.key(config.seed))
   run = dict(seed=run_flags.seed(config),
@@ -93,4 +95,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "prompts", "workdir"])
-  app.run(main)
+  launch.run(main)

@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import io
@@ -44,9 +45,10 @@ def main(argv):
   run_flags.refuse_unused("calibrate_adaptive", "config", "prompts", "seed",
       "num_images", "batch_size", "plans", "out")
   config = run_flags.CONFIG.value
-  base, conditions, params, vae, source, prompts = (
-      pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
-                                           run_flags.NUM_IMAGES.value))
+  with launch.input_phase():
+    base, conditions, params, vae, source, prompts = (
+        pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
+                                             run_flags.NUM_IMAGES.value))
   model = base.model
   if run_flags.PLANS.value:
     plans = [named.load_plan(p, model) for p in run_flags.PLANS.value]
@@ -80,4 +82,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "prompts", "out"])
-  app.run(main)
+  launch.run(main)

@@ -27,6 +27,7 @@ import pathlib
 from absl import app
 from absl import flags
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax.convert import run
 from toprovar_jax.convert import sources
@@ -56,21 +57,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_flags.refuse_unused("convert_checkpoint", "out")
-  sd = sources.open_checkpoint(_FILE.value)
-  folder = pathlib.Path(_FILE.value)
-  hf_config = folder / "config.json" if folder.is_dir() else None
-  target = run.target_for(
-      _SOURCE.value, variant=_VARIANT.value, hparams=_HPARAMS.value, sd=sd,
-      t5_config=str(hf_config) if hf_config and hf_config.exists() else "")
-  record = (_record(_SOURCE.value, _FILE.value)
-            if _VARIANT.value or _SOURCE.value == "t5" else None)
-  if record is not None and target.name not in record["variants"]:
-    raise app.UsageError(f"--variant={target.name}: {_FILE.value} is the "
-                         f"official file of {', '.join(record['variants'])}")
-  run.convert(sd, target, run_flags.OUT.value, dtype=_DTYPE.value, record=record,
+  with launch.input_phase():
+    sd = sources.open_checkpoint(_FILE.value)
+    folder = pathlib.Path(_FILE.value)
+    hf_config = folder / "config.json" if folder.is_dir() else None
+    target = run.target_for(
+        _SOURCE.value, variant=_VARIANT.value, hparams=_HPARAMS.value, sd=sd,
+        t5_config=str(hf_config) if hf_config and hf_config.exists() else "")
+    record = (_record(_SOURCE.value, _FILE.value)
+              if _VARIANT.value or _SOURCE.value == "t5" else None)
+    if record is not None and target.name not in record["variants"]:
+      raise app.UsageError(f"--variant={target.name}: {_FILE.value} is the "
+                           f"official file of {', '.join(record['variants'])}")
+  run.convert(sd, target, run_flags.OUT.value, dtype=_DTYPE.value,
+              record=record,
               source_file=str(pathlib.Path(_FILE.value).absolute()))
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["source", "file", "out"])
-  app.run(main)
+  launch.run(main)

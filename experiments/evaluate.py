@@ -19,7 +19,6 @@ naming the field, before any compute and with nothing written.
 """
 
 import functools
-import sys
 import time
 
 from absl import app
@@ -27,6 +26,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
@@ -49,7 +49,8 @@ def _dynamic_generator(config, spec):
     gen = pipeline.generator_from_spec(config, spec)
   except ValueError as e:
     raise ValueError(f"--plans: {spec!r}: {e}") from None
-  run = functools.partial(runner.generate_images, gen)
+  run = functools.partial(runner.generate_images, gen,
+                          text_tokens=config.sampling.text_len)
   return plans.PlanGenerator(spec=spec, name=runner.run_name(gen), run=run,
                              flops=None)
 
@@ -88,10 +89,8 @@ def main(argv):
   config = run_flags.CONFIG.value
   logging.info("JAX %s, %s; config:\n%s", jax.__version__, jax.devices(),
                config)
-  try:
+  with launch.input_phase():  # bad input: one line, nothing written
     gens, conditions, batch_size, workdir = _setup(config)
-  except (ValueError, OSError) as e:  # bad input: one line, nothing written
-    sys.exit(f"evaluate: {e}")
   seed = run_flags.seed(config)
   params, vae_params, source = pipeline.params_from_config(
       config, jax.random.key(config.seed))
@@ -121,4 +120,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "prompts", "workdir"])
-  app.run(main)
+  launch.run(main)

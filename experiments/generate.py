@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
@@ -51,14 +52,15 @@ def main(argv):
   logging.info("Config:\n%s", config)
 
   # Cheap validation first: a bad config fails before the workdir is touched.
-  samplers = pipeline.generators_from_config(config)
-  conditions = pipeline.conditions_from_config(config, samplers[0])
-  mesh = pipeline.mesh_from_config(config)
-  # Several processes (README "Several hosts"): all compute, process 0 writes.
-  writer = jax.process_index() == 0
-  workdir = (io.prepare_workdir(run_flags.WORKDIR.value,
-                                  run_flags.OVERWRITE.value) if writer
-             else None)
+  with launch.input_phase():
+    samplers = pipeline.generators_from_config(config)
+    conditions = pipeline.conditions_from_config(config, samplers[0])
+    mesh = pipeline.mesh_from_config(config)
+    # Several processes (README "Several hosts"): all compute, process 0 writes.
+    writer = jax.process_index() == 0
+    workdir = (io.prepare_workdir(run_flags.WORKDIR.value,
+                                    run_flags.OVERWRITE.value) if writer
+               else None)
   logging.info("Plans %s, %d samples, mesh %s -> %s",
                [runner.run_name(s) for s in samplers],
                conditions.num_samples, dict(mesh.shape), workdir)
@@ -105,4 +107,4 @@ def main(argv):
 if __name__ == "__main__":
   # Required only when run as a script, so tests can import this module.
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  launch.run(main)

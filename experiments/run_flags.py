@@ -1,12 +1,13 @@
 """The flags shared by the mains that run a model config over prompts.
 
-`generate`, `evaluate`, `calibrate`, `calibrate_adaptive`, `train_skipvar` and
-`convert_checkpoint` take a config, prompts, plans, a seed and an output; absl keeps one flag
-registry per process, so each of these flags is defined here once and the
-mains import the holders they use. Defining them in every main made any
-process that imports two mains (a test run, a notebook, a driver script)
-fail with `DuplicateFlagError`; tests/experiments/run_flags_test.py imports
-every main of `experiments/` in one process to keep it that way.
+`generate`, `evaluate`, `calibrate`, `calibrate_adaptive`, `train_skipvar`
+and `convert_checkpoint` take a config, prompts, plans, a seed and an
+output; absl keeps one flag registry per process, so each of these flags is
+defined here once and the mains import the holders they use. Defining them
+in every main made any process that imports two mains (a test run, a
+notebook, a driver script) fail with `DuplicateFlagError`;
+tests/experiments/run_flags_test.py imports every main of `experiments/`
+that uses this module in one process to keep it that way.
 
 One flag, one meaning: `--seed` and `--batch_size` default to the config's
 (`config.sampling.seed`, `config.sampling.batch_size`) in every main.

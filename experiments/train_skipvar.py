@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import launch
 from experiments import run_flags
 from toprovar_jax import io
 from toprovar_jax import pipeline
@@ -42,9 +43,10 @@ def main(argv):
   run_flags.refuse_unused("train_skipvar", "config", "prompts", "seed",
       "num_images", "batch_size", "out")
   config = run_flags.CONFIG.value
-  base, conditions, params, vae, source, prompts = (
-      pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
-                                           run_flags.NUM_IMAGES.value))
+  with launch.input_phase():
+    base, conditions, params, vae, source, prompts = (
+        pipeline.dense_run_from_prompts_file(config, run_flags.PROMPTS.value,
+                                             run_flags.NUM_IMAGES.value))
   model = base.model
   t0 = time.perf_counter()
   spec, record = branch_training.train_skipvar(
@@ -68,4 +70,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "prompts", "out"])
-  app.run(main)
+  launch.run(main)

@@ -130,12 +130,17 @@ class GeneratorsTest(absltest.TestCase):
       self.assertEqual(gens[1].name, "tiny_adaptive")
       self.assertIsInstance(gens[1].policy.spec, adaptive.AdaptiveSpec)
       self.assertIsInstance(classifier.load_spec(sk), classifier.SkipVarSpec)
-    # No classifier ships for the tiny model: the error names the file.
-    with self.assertRaisesRegex(plan_lib.PlanError,
-                                r"skipvar classifier '.*decisions/"
-                                r"infinity_tiny_skipvar.json': cannot "
-                                r"read"):
-      pipeline.generator_from_spec(config, "skipvar")
+    # No classifier ships for the tiny model: the error names the file it
+    # looked for and how to make one.
+    for method, trainer in (("skipvar", "train_skipvar"),
+                            ("adaptive", "calibrate_adaptive")):
+      with self.assertRaisesRegex(
+          plan_lib.PlanError,
+          rf"^field 'plan': '{method}' chooses its plan per image .* none "
+          rf"ships for infinity_tiny \(infinity_tiny_{method}.json under "
+          rf".*decisions\); make one with experiments/{trainer}.py and pass "
+          rf"'{method}:PATH'$"):
+        pipeline.generator_from_spec(config, method)
 
 
 class ShippedDecisionsTest(absltest.TestCase):

@@ -204,8 +204,21 @@ def _base_sampler(config) -> sampler_lib.Sampler:
 
 def shipped_decision(model_name: str, method: str):
   """Where 'skipvar' / 'adaptive' find the model's trained decision:
-  toprovar_jax/sparsity/decisions/<model>_<method>.json."""
-  return classifier.decisions_dir() / f"{model_name}_{method}.json"
+  toprovar_jax/sparsity/decisions/<model>_<method>.json.
+
+  Raises:
+    PlanError: none is shipped for this model (says how to make one).
+  """
+  path = classifier.decisions_dir() / f"{model_name}_{method}.json"
+  if not path.is_file():
+    trainer = ("train_skipvar" if method == "skipvar"
+               else "calibrate_adaptive")
+    raise plan_lib.PlanError(
+        f"{method!r} chooses its plan per image with a trained decision, "
+        f"and none ships for {model_name} ({path.name} under "
+        f"{path.parent}); make one with experiments/{trainer}.py and pass "
+        f"'{method}:PATH'", field="plan")
+  return path
 
 
 def generator_from_spec(config, spec: str):
@@ -320,5 +333,5 @@ def mesh_from_config(config) -> jax.sharding.Mesh:
     ValueError: a bad mesh, naming `config.mesh`.
   """
   mesh = sharding.make_mesh(tuple(config.mesh), field="mesh")
-  sharding.check_model(mesh, config_lib.get_variant(config.model.variant))
+  sharding.check_model(mesh, models_from_config(config)[0])
   return mesh

@@ -7,6 +7,8 @@ a JSON plan that skips the last two scales and drops guidance from scale 3
 line naming the field, before any compute, with nothing written.
 """
 
+import contextlib
+import io as io_lib
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from experiments import evaluate
+from experiments import launch
 from toprovar_jax import flops as flops_lib
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sparsity import baselines
@@ -39,7 +42,7 @@ def _run(workdir, prompts, plans, *extra):
           f"--prompts={prompts}", f"--plans={plans}", f"--workdir={workdir}",
           "--seed=3", *extra]
   with flagsaver.flagsaver(), mock.patch.object(sys, "argv", argv):
-    evaluate.main(FLAGS(argv))
+    launch.guarded(evaluate.main)(FLAGS(argv))
 
 
 def _strict_json(path):
@@ -125,30 +128,37 @@ class EvaluateTest(absltest.TestCase):
     self.assertEqual(p["identical_images"], 0)
 
   def _refused(self, workdir, prompts, plans, pattern, *extra):
-    with self.assertRaises(SystemExit) as e:
+    """As `python -m experiments.evaluate` fails: one line, exit 2."""
+    err = io_lib.StringIO()
+    with self.assertRaises(SystemExit) as e, contextlib.redirect_stderr(err):
       _run(workdir, prompts, plans, *extra)
-    self.assertRegex(str(e.exception.code), pattern)
-    self.assertNotIn("\n", str(e.exception.code))
+    self.assertEqual(e.exception.code, 2)
+    self.assertRegex(err.getvalue(), pattern)
+    self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
 
   def test_bad_input_stops_before_anything_is_written(self):
     never = os.path.join(self.root, "never")
     empty = os.path.join(self.root, "empty.txt")
     with open(empty, "w") as f:
       f.write("\n \n")
-    self._refused(never, self.prompts, "dense,nope",
-                  r"^evaluate: --plans: 'nope': .*no named plan 'nope'")
-    self._refused(never, self.prompts, "skipvar", r"^evaluate: --plans: "
-                  "'skipvar' chooses its plan per image")
+    self._refused(never, self.prompts, "dense,nope", r"^evaluate: error: "
+                  r"--plans: 'nope': .*no named plan 'nope'")
+    self._refused(never, self.prompts, "skipvar", r"^evaluate: error: "
+                  r"--plans: 'skipvar': field 'plan': 'skipvar' chooses its "
+                  r"plan per image .* none ships for infinity_tiny .*"
+                  r"experiments/train_skipvar.py and pass 'skipvar:PATH'")
     self._refused(never, os.path.join(self.root, "missing.txt"), "dense",
-                  r"^evaluate: --prompts: cannot read")
-    self._refused(never, empty, "dense", r"^evaluate: --prompts: .* holds no")
-    self._refused(never, self.prompts, "dense", r"--grid_columns",
+                  r"^evaluate: error: --prompts: cannot read")
+    self._refused(never, empty, "dense",
+                  r"^evaluate: error: --prompts: .* holds no")
+    self._refused(never, self.prompts, "dense",
+                  r"^evaluate: error: --grid_columns",
                   "--grid_columns=0")
     self.assertFalse(os.path.exists(never))
     before = {n: os.stat(os.path.join(self.workdir, n)).st_mtime_ns
               for n in os.listdir(self.workdir)}
     self._refused(self.workdir, self.prompts, "dense",
-                  r"^evaluate: workdir .* already holds .*--overwrite")
+                  r"^evaluate: error: workdir .* already holds .*--overwrite")
     self.assertEqual(before, {
         n: os.stat(os.path.join(self.workdir, n)).st_mtime_ns
         for n in os.listdir(self.workdir)})

@@ -36,12 +36,17 @@ class LoadTest(absltest.TestCase):
       self.assertEqual(named.load_plan(path, _2B), plan)
 
   def test_validates_against_model(self):
+    path = named.plans_dir() / "infinity_2b_paper.json"
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
-        "plan 'infinity_2b_paper', field 'num_layers': plan has 32 layers, "
-        "model 'infinity_8b' has depth 40"):
+        f"plan file {str(path)!r}: plan 'infinity_2b_paper', field "
+        "'num_layers': plan has 32 layers, model 'infinity_8b' has depth 40"
+    ) as cm:
       named.load_plan("infinity_2b_paper",
-                         config_lib.get_variant("infinity_8b"))
+                      config_lib.get_variant("infinity_8b"))
+    # The wrapped error keeps where the problem is.
+    self.assertEqual((cm.exception.plan, cm.exception.field),
+                     ("infinity_2b_paper", "num_layers"))
 
   def test_unknown_name(self):
     with self.assertRaisesRegex(
@@ -68,13 +73,42 @@ class LoadTest(absltest.TestCase):
       named.load_plan("skipvar", _2B)
 
   def test_a_name_cannot_climb_out(self):
-    with self.assertRaisesRegex(plan_lib.PlanError, "cannot read plan file"):
+    with self.assertRaisesRegex(plan_lib.PlanError,
+                                r"plan file '\.\./plans/infinity_2b_paper': "
+                                "cannot read"):
       named.load_plan("../plans/infinity_2b_paper", _2B)
 
   def test_missing_file(self):
     with self.assertRaisesRegex(plan_lib.PlanError,
-                                r"^field 'plan': cannot read plan file"):
+                                r"^field 'plan': plan file "
+                                r"'/nonexistent/plan.json': cannot read: "):
       named.load_plan("/nonexistent/plan.json", _2B)
+
+  def test_bad_files_are_named(self):
+    plan_json = codec.plan_to_json(baselines.fastvar_plan(_2B)).encode()
+    cases = {
+        # Latin-1 bytes in a name: not UTF-8.
+        "latin1.json": (plan_json.replace(b"fastvar", b"fastv\xe4r", 1),
+                        r"not UTF-8 text \(byte \d+: invalid"),
+        "truncated.json": (plan_json[:40], r"not JSON: .* \(line \d+\)"),
+        "nan.json": (plan_json.replace(b'"keep": ', b'"keep": NaN, "x": ', 1),
+                     "NaN"),
+        "dup.json": (b'{"name": "a", "name": "b"}', "duplicate"),
+        "array.json": (b"[1, 2]", "must be a JSON object"),
+    }
+    with tempfile.TemporaryDirectory() as d:
+      for name, (data, pattern) in cases.items():
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+          f.write(data)
+        with self.subTest(name):
+          with self.assertRaisesRegex(
+              plan_lib.PlanError,
+              rf"^(field 'plan': )?plan file {path!r}: .*{pattern}"):
+            named.load_plan(path, _2B)
+      with self.assertRaisesRegex(plan_lib.PlanError,
+                                  rf"plan file {d!r}: cannot read"):
+        named.load_plan(d + os.sep, _2B)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def static_generator(spec: str, base: sampler_lib.Sampler, *,
 
   def run(params, vae_params, conditions, **kw):
     return runner.generate_images(sampler, params, vae_params, conditions,
-                                  **kw)
+                                  **kwargs, **kw)
   return PlanGenerator(spec=spec, name=plan.name, run=run,
                        flops=flops_lib.plan_flops(plan, base.model,
                                                   **kwargs).total)

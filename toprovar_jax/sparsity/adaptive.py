@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import pathlib
@@ -153,16 +152,7 @@ def load_spec(path, cfg: config_lib.TransformerConfig) -> AdaptiveSpec:
   """Reads an adaptive spec JSON file (see the module docstring)."""
   path = pathlib.Path(path)
   where = repr(str(path))
-  try:
-    text = path.read_text(encoding="utf-8")
-  except OSError as e:
-    raise plan_lib.PlanError(f"adaptive spec {where}: cannot read: "
-                             f"{e.strerror}") from None
-  try:
-    d = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise plan_lib.PlanError(f"adaptive spec {where}: not JSON: {e.msg} "
-                             f"(line {e.lineno})") from None
+  d = codec.read_json_file(path, "adaptive spec")
   return spec_from_dict(d, cfg, where=where, folder=path.parent)
 
 

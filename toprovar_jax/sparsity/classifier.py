@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import plan as plan_lib
 
 
@@ -219,14 +220,7 @@ def spec_to_dict(spec: SkipVarSpec,
 def load_spec(path) -> SkipVarSpec:
   """Reads a SkipVAR classifier JSON file (errors name the file and field)."""
   where = f"skipvar classifier {str(path)!r}"
-  try:
-    with open(path, encoding="utf-8") as f:
-      d = json.load(f)
-  except OSError as e:
-    raise plan_lib.PlanError(f"{where}: cannot read: {e.strerror}") from None
-  except json.JSONDecodeError as e:
-    raise plan_lib.PlanError(f"{where}: not JSON: {e.msg} (line "
-                             f"{e.lineno})") from None
+  d = codec.read_json_file(path, "skipvar classifier")
   return spec_from_dict(d, where)
 
 

@@ -9,6 +9,7 @@ is consistent and fits a model is `validation.validate_plan`'s job.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from toprovar_jax.sparsity import plan as plan_lib
@@ -140,3 +141,42 @@ def plan_from_json(text_or_dict: Union[str, bytes, Mapping[str, Any]]
   validation.check_types(plan)
   return plan
 
+
+def read_json_file(path: Union[str, os.PathLike], what: str, *,
+                   field: Optional[str] = None) -> Any:
+  """The parsed JSON of a plan, adaptive-spec or classifier file.
+
+  Every failure names the file: unreadable (missing, a folder, no
+  permission), not UTF-8 (with the byte offset), not JSON (with the line),
+  NaN / Infinity constants, duplicate keys.
+
+  Args:
+    path: the file.
+    what: how errors name it, e.g. "plan file", "adaptive spec".
+    field: the config field the path came from, prefixed to errors.
+
+  Raises:
+    PlanError: "[field 'F': ]<what> '<path>': <problem>".
+  """
+  where = f"{what} {os.fspath(path)!r}"
+  if field is not None:
+    where = f"field {field!r}: {where}"
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise plan_lib.PlanError(
+        f"{where}: cannot read: {e.strerror or e}") from None
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise plan_lib.PlanError(
+        f"{where}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+  try:
+    return json.loads(text, object_pairs_hook=_reject_duplicates,
+                      parse_constant=_reject_constant)
+  except json.JSONDecodeError as e:
+    raise plan_lib.PlanError(f"{where}: not JSON: {e.msg} (line "
+                             f"{e.lineno})") from None
+  except plan_lib.PlanError as e:
+    raise plan_lib.PlanError(f"{where}: {e}") from None

@@ -80,12 +80,14 @@ def load_plan(spec: Union[str, os.PathLike],
       raise plan_lib.PlanError(
           f"no named plan {spec_str!r} under {plans_dir()}; known: "
           f"{['dense', 'fastvar', *named_plans()]}", field="plan")
+  d = codec.read_json_file(path, "plan file", field="plan")
   try:
-    text = path.read_text(encoding="utf-8")
-  except OSError as e:
-    raise plan_lib.PlanError(f"cannot read plan file {str(path)!r}: {e}",
-                             field="plan") from None
-  # Made for another h/w at the same budget: mapped (reschedule.map_plan).
-  plan = reschedule.map_plan(codec.plan_from_json(text), cfg)
-  return validation.validate_plan(plan, cfg)
+    # Made for another h/w at the same budget: mapped (reschedule.map_plan).
+    plan = reschedule.map_plan(codec.plan_from_json(d), cfg)
+    return validation.validate_plan(plan, cfg)
+  except plan_lib.PlanError as e:
+    # The file is named too: a launch may read several plan files.
+    err = plan_lib.PlanError(f"plan file {str(path)!r}: {e}")
+    err.plan, err.scale, err.field = e.plan, e.scale, e.field
+    raise err from None
 
