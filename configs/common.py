@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 from toprovar_jax.models import config as model_config_lib
+from toprovar_jax.sampling import conditions as conditions_lib
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -45,6 +46,8 @@ INFINITY_PROMPTS = (
 )
 # Infinity pads T5 features to 512 tokens, the official T5 cap (SPEC §2).
 INFINITY_TEXT_LEN = 512
+# What a bad prompts file's error names (SPEC §11: one line, the field).
+PROMPTS_FILE_FIELD = "config arg 'prompts_file'"
 
 
 def _parse_value(key: str, raw: str, default: Any) -> Any:
@@ -124,13 +127,15 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
                     text_len: int = INFINITY_TEXT_LEN,
                     plan: str = "dense", ckpt_dir: str = "",
                     dtype: str = "float32", t5_dir: str = "",
-                    h_div_w: float = 1.0,
-                    pixels: str = "") -> ml_collections.ConfigDict:
+                    h_div_w: float = 1.0, pixels: str = "",
+                    prompts_file: str = "",
+                    samples_per_prompt: int = 1
+                    ) -> ml_collections.ConfigDict:
   """The full generation config for one model variant (locked).
 
   Args:
     variant: a key of `toprovar_jax.models.config.VARIANTS`.
-    batch_size: samples per generate call.
+    batch_size: samples per generate call; 0 = all in one.
     cfg_scale, tau, top_k, top_p: sampling defaults of the official code.
     labels: ImageNet class ids (VAR).
     prompts: text prompts (Infinity).
@@ -144,11 +149,27 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
     h_div_w, pixels: an official Infinity h/w template and pixel budget
       ('0.06M' | '0.25M' | '0.60M' | '1M'); pixels '' keeps the variant's
       own schedule.
+    prompts_file: '' or a UTF-8 file of one prompt a line (blank lines
+      skipped) that replaces `prompts` (Infinity only).
+    samples_per_prompt: images per label / prompt (`num_samples` 0).
 
   Returns:
     A locked ConfigDict; values may still be overridden, keys not added.
+
+  Raises:
+    ValueError: a prompts file that is missing, unreadable, not UTF-8 or
+      empty, or one given to a VAR model (names `prompts_file`, the path).
   """
   style = model_config_lib.get_variant(variant).style
+  if prompts_file:
+    if style != "infinity":
+      raise ValueError(f"{PROMPTS_FILE_FIELD}: {variant} is class-"
+                       "conditional (sampling.labels), it reads no prompts; "
+                       f"got {prompts_file!r}")
+    # Read now: the captions land in config.sampling.prompts, so the
+    # resolved config (config.json) records what was generated.
+    prompts = conditions_lib.read_prompts_file(prompts_file,
+                                               field=PROMPTS_FILE_FIELD)
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
@@ -173,10 +194,15 @@ def get_base_config(*, variant: str, batch_size: int, cfg_scale: float,
   config.sampling.tau = tau
   # PRNG seed of the first batch; batch j uses seed + j.
   config.sampling.seed = 0
-  # Samples per generate call (static: one compile per batch size).
+  # Samples per generate call (static: one compile per batch size); 0 = all
+  # of the run's images in one call (sampling.runner.images_per_call).
   config.sampling.batch_size = batch_size
-  # Images in all; 0 = one per label (VAR) or prompt (Infinity), else cycle.
+  # Images in all; 0 = samples_per_prompt per label (VAR) or prompt
+  # (Infinity), counted when the conditions are made (pipeline), so an
+  # override of sampling.prompts changes the count; > 0: they cycle.
   config.sampling.num_samples = 0
+  # Images per label / prompt when num_samples is 0.
+  config.sampling.samples_per_prompt = samples_per_prompt
   # Attention implementation: 'xla' | 'cudnn' | 'pallas' | 'auto'.
   config.sampling.attn_impl = "xla"
   # Unroll the runs of layers that see at most this many tokens per row
@@ -246,11 +272,12 @@ def dtype_name(bf16: bool) -> str:
 def size_config(variant: str, arg: Optional[str], *, batch_size: int,
                 **sampling_overrides: Any) -> ml_collections.ConfigDict:
   """The config of one model size: the shared `:plan,batch_size,ckpt_dir,bf16`
-  arguments (Infinity also `t5_dir`, `h_div_w`, `pixels`) plus the style's
-  sampling defaults (VAR_SAMPLING / INFINITY_SAMPLING) with per-size
-  overrides."""
+  arguments (Infinity also `t5_dir`, `h_div_w`, `pixels`, `prompts_file`)
+  plus the style's sampling defaults (VAR_SAMPLING / INFINITY_SAMPLING)
+  with per-size overrides."""
   infinity = model_style(variant) == "infinity"
-  text_args = dict(t5_dir="", h_div_w=1.0, pixels="") if infinity else {}
+  text_args = (dict(t5_dir="", h_div_w=1.0, pixels="", prompts_file="")
+               if infinity else {})
   parsed = parse_arg(arg, plan="dense", batch_size=batch_size, ckpt_dir="",
                      bf16=False, **text_args)
   sampling = dict(sampling_defaults(variant), **sampling_overrides)

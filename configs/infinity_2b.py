@@ -20,6 +20,9 @@ Arguments after the colon (typed, `configs/common.py:parse_arg`):
   t5_dir=''         the Flan-T5 folder ('' = placeholder text features).
   h_div_w=1.0       one of the 15 official h/w templates (0.333 ... 3.0).
   pixels=''         '0.06M' | '0.25M' | '0.60M' | '1M' ('' = 1M).
+  prompts_file=''   a UTF-8 file of one prompt a line (blank lines
+                    skipped) instead of the built-in prompts; one image
+                    per prompt (sampling.samples_per_prompt each).
 
 Launch:
   python -m experiments.generate \

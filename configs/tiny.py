@@ -16,6 +16,9 @@ Arguments after the colon (typed, `configs/common.py:parse_arg`):
                     prompt features ('' = placeholder features).
   h_div_w=1.0       infinity_tiny: official h/w template ...
   pixels=''         ... and budget ('0.06M' is its own schedule's size).
+  prompts_file=''   infinity_tiny: a UTF-8 file of one prompt a line
+                    (blank lines skipped) instead of the two built-in
+                    prompts; one image per prompt.
 
 Launch:
   python -m experiments.generate \
@@ -32,14 +35,15 @@ _TINY_MODELS = ("var_tiny", "infinity_tiny")
 def get_config(arg=None):
   """Returns the locked config of a tiny model (see module docstring)."""
   arg = common.parse_arg(arg, model="var_tiny", plan="dense", batch_size=2,
-                         ckpt_dir="", t5_dir="", h_div_w=1.0, pixels="")
+                         ckpt_dir="", t5_dir="", h_div_w=1.0, pixels="",
+                         prompts_file="")
   if arg.model not in _TINY_MODELS:
     raise ValueError(f"config arg 'model': {arg.model!r} is not a tiny "
                      f"model; known: {list(_TINY_MODELS)}")
   config = common.get_base_config(
       variant=arg.model, batch_size=arg.batch_size, plan=arg.plan,
       ckpt_dir=arg.ckpt_dir, t5_dir=arg.t5_dir, h_div_w=arg.h_div_w,
-      pixels=arg.pixels,
+      pixels=arg.pixels, prompts_file=arg.prompts_file,
       # Two conditions, one batch: the smallest run that exercises CFG
       # batch doubling and per-row sampling.
       labels=(207, 88), prompts=("a red apple", "a small blue car"),

@@ -9,8 +9,9 @@ r"""Evaluates sparsity plans against dense on the same seeds (issue 13, item 6).
 --prompts: one caption (text models) or class id (VAR) per line. Each plan
 generates every prompt (--num_samples cycles them) with the same seed
 (image j: fold_in(key(seed), j)); dense is always run first, as the
-reference. Writes to --workdir, after all compute, atomically:
-results.json (per plan: flop_speedup, ssim, psnr, lpips, fd_alexnet,
+reference. Writes to --workdir, after all compute, as one set
+(`io.publish`: with --overwrite the previous run's outputs go, results.json
+last): results.json (per plan: flop_speedup, ssim, psnr, lpips, fd_alexnet,
 latency_s, ...), results.md (the table), frontier.png (SSIM vs FLOP
 reduction), grid.png (the first --grid_columns captions under every plan)
 and config.json. Bad input (unknown plan, unreadable or empty prompts
@@ -64,9 +65,6 @@ def _setup(config):
     raise ValueError(f"--num_samples: must be >= 0, got {_NUM_SAMPLES.value}")
   if _GRID_COLUMNS.value < 1:
     raise ValueError(f"--grid_columns: must be >= 1, got {_GRID_COLUMNS.value}")
-  batch_size = run_flags.batch_size(config)
-  if batch_size < 1:
-    raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
   base = pipeline.sampler_from_config(config)
   text_len = config.sampling.text_len
   gens = plans.resolve_generators(
@@ -75,6 +73,9 @@ def _setup(config):
   conditions = plans.make_conditions(base.model, lines,
                                      num_samples=_NUM_SAMPLES.value,
                                      text_len=text_len)
+  # 0 (configs/emoji.py's default) = all images in one batch.
+  batch_size = runner.images_per_call(run_flags.batch_size(config),
+                                      conditions.num_samples)
   workdir = io.prepare_workdir(run_flags.WORKDIR.value,
                                run_flags.OVERWRITE.value)
   return gens, conditions, batch_size, workdir
@@ -99,7 +100,8 @@ def main(argv):
       gens, params, vae_params, conditions, seed=seed, batch_size=batch_size,
       cfg_scale=s.cfg_scale, tau=s.tau, lpips_params=lpips.load_params())
 
-  # Everything is computed; now write (each file atomically, results last).
+  # Everything is computed; now publish the set (io.publish: the previous
+  # run's record and outputs replaced, results.json last).
   files = dict(table="results.md", frontier="frontier.png", grid="grid.png",
                config="config.json")
   record = plans.results_record(
@@ -107,12 +109,12 @@ def main(argv):
       prompts_file=run_flags.PROMPTS.value, conditions=conditions,
       batch_size=batch_size, files=files, params_source=source.transformer,
       tokenizer_source=source.tokenizer, wall_s=time.perf_counter() - t0)
-  io.write_png_atomic(workdir / files["grid"], plans.grid_image(
-      results, conditions, max_columns=_GRID_COLUMNS.value))
-  io.write_png_atomic(workdir / files["frontier"], plans.frontier_image(record))
-  io.write_text_atomic(workdir / files["table"], plans.markdown_table(record))
-  io.write_json_atomic(workdir / files["config"], config.to_dict())
-  io.write_json_atomic(workdir / "results.json", record)
+  io.publish(workdir, {
+      files["grid"]: io.png_writer(plans.grid_image(
+          results, conditions, max_columns=_GRID_COLUMNS.value)),
+      files["frontier"]: io.png_writer(plans.frontier_image(record)),
+      files["table"]: plans.markdown_table(record).encode("utf-8"),
+      files["config"]: io.json_bytes(config.to_dict())}, record=record)
   logging.info("%s\nWrote %s and results.json to %s (%.0f s)",
                plans.markdown_table(record), sorted(files.values()), workdir,
                record["wall_s"])

@@ -6,15 +6,16 @@ r"""Generates images with one model and one or more sparsity plans (SPEC §9).
   python -m experiments.generate --config=configs/emoji.py \
     --workdir=workdirs/main --overwrite
 
-Writes to --workdir, atomically: config.json (the resolved config),
-results.json (model, plans, where the parameters came from, seeds, labels /
-prompts, files, FLOPs, wall times) and PNGs. With one plan:
-sample_NNNN.png per image and grid.png. With several (`config.sparsity.plan`
-plus `config.sparsity.compare`, same seeds and conditions):
-sample_<plan>_NNNN.png and grid_<plan>.png per plan, and grid.png with one
-labelled row per plan. A workdir that already holds files is refused unless
---overwrite; nothing is deleted either way (with --overwrite this run's
-files replace their namesakes).
+Writes to --workdir, as one set (`io.publish`): config.json (the resolved
+config), results.json (model, plans, where the parameters came from, seeds,
+labels / prompts, files, FLOPs, wall times, "outputs") and PNGs. With one
+plan: sample_NNNN.png per image and grid.png. With several
+(`config.sparsity.plan` plus `config.sparsity.compare`, same seeds and
+conditions): sample_<plan>_NNNN.png and grid_<plan>.png per plan, and
+grid.png with one labelled row per plan. A workdir that already holds files
+is refused unless --overwrite; with it, the previous run's outputs (those
+its results.json lists) are replaced by this run's, other files stay, and a
+failed write leaves the previous run whole (or, later, no results.json).
 """
 
 import time
@@ -80,24 +81,26 @@ def main(argv):
   if not writer:
     return
 
-  # Everything is computed; now write (each file atomically, results last).
+  # Everything is computed; now publish the set (io.publish: staged, the
+  # previous run's record and outputs replaced, results.json last).
   compare = len(runs) > 1
-  files, grids = [], []
+  outputs, files, grids = {}, [], []
   for run in runs:
     prefix = f"sample_{run.slug}_" if compare else "sample_"
     files.append([f"{prefix}{i:04d}.png"
                   for i in range(len(run.output.images))])
-    for name, image in zip(files[-1], run.output.images):
-      io.write_png_atomic(workdir / name, image)
+    outputs.update((name, io.png_writer(image))
+                   for name, image in zip(files[-1], run.output.images))
     grids.append(f"grid_{run.slug}.png" if compare else "grid.png")
-    io.save_image_grid(workdir / grids[-1], run.output.images)
+    outputs[grids[-1]] = io.png_writer(io.image_grid(run.output.images))
   if compare:
-    io.write_png_atomic(workdir / "grid.png", report.comparison_grid(
+    outputs["grid.png"] = io.png_writer(report.comparison_grid(
         runs, conditions.prompts))
-  io.write_json_atomic(workdir / "config.json", config.to_dict())
-  io.write_json_atomic(workdir / "results.json", report.results_record(
+  outputs["config.json"] = io.json_bytes(config.to_dict())
+  io.publish(workdir, outputs, record=report.results_record(
       config=config, runs=runs, conditions=conditions, source=source,
-      init_s=init_s, files=files, grids=grids, grid="grid.png"))
+      init_s=init_s, files=files, grids=grids, grid="grid.png",
+      outputs=list(outputs)))
   logging.info("Wrote %d plans x %d images, grid.png, config.json, "
                "results.json to %s%s", len(runs), conditions.num_samples,
                workdir, " (RANDOM-INIT parameters)" if source.random_init

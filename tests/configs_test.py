@@ -1,7 +1,9 @@
 """Configs: every file loads locked and typed; args parse; tiny builds."""
 
 import importlib
+import os
 import pathlib
+import tempfile
 
 from absl import flags
 from absl.testing import absltest
@@ -138,6 +140,81 @@ class InfinityTextAndResolutionTest(absltest.TestCase):
       _get_config("var_d16", "t5_dir=/x")
 
 
+# The text-to-image configs and the argument that makes them Infinity-style.
+_TEXT_CONFIGS = (("emoji", ""), ("infinity_2b", ""), ("infinity_8b", ""),
+                 ("tiny", "model=infinity_tiny,"))
+_SEVEN = tuple(f"caption {i}" for i in range(7))
+
+
+class PromptsFileTest(parameterized.TestCase):
+  """`prompts_file=PATH` in every text-to-image config (SPEC §9, §11)."""
+
+  def _file(self, data: bytes) -> str:
+    folder = tempfile.TemporaryDirectory()  # pytest parses no absl flags
+    self.addCleanup(folder.cleanup)
+    path = os.path.join(folder.name, "prompts.txt")
+    with open(path, "wb") as f:
+      f.write(data)
+    return path
+
+  @parameterized.named_parameters((n, n, a) for n, a in _TEXT_CONFIGS)
+  def test_seven_captions_give_seven_images(self, name, arg):
+    # Blank and blank-looking lines are skipped, the rest stripped.
+    path = self._file(("\n".join(f"  {p} " for p in _SEVEN) +
+                       "\n\n \n").encode("utf-8"))
+    config = _get_config(name, f"{arg}prompts_file={path}")
+    self.assertEqual(config.sampling.prompts, _SEVEN)
+    model = pipeline.model_from_config(config)
+    self.assertEqual(pipeline.num_samples_from_config(config, model), 7)
+    self.assertIn("prompts_file=", importlib.import_module(
+        f"configs.{name}").__doc__)
+
+  def test_emoji_samples_multiply_the_count(self):
+    path = self._file("\n".join(_SEVEN).encode("utf-8"))
+    config = _get_config("emoji", f"prompts_file={path},samples=2")
+    self.assertEqual(pipeline.num_samples_from_config(
+        config, pipeline.model_from_config(config)), 14)
+
+  @parameterized.named_parameters(("emoji", "emoji", 1, 3),
+                                  ("emoji_samples", "emoji", 2, 6),
+                                  ("infinity_2b", "infinity_2b", 1, 3))
+  def test_an_override_of_the_prompts_sets_the_count(self, name, samples,
+                                                     count):
+    arg = f":samples={samples}" if name == "emoji" else ""
+    config = _parse_flags(f"--config={_CONFIG_DIR / name}.py{arg}",
+                          "--config.sampling.prompts=('a', 'b', 'c')")
+    self.assertEqual(pipeline.num_samples_from_config(
+        config, pipeline.model_from_config(config)), count)
+
+  @parameterized.named_parameters(
+      ("missing", None, "cannot read .*No such file"),
+      ("folder", "folder", "cannot read .*Is a directory"),
+      ("not_utf8", b"caf\xe9\n", "cannot read .*'utf-8' codec"),
+      ("empty", b"\n  \n\n", "holds no prompt"))
+  def test_a_bad_file_is_named_with_its_path(self, data, pattern):
+    if data is None:
+      path = os.path.join(os.path.dirname(self._file(b"x")), "nope.txt")
+    elif data == "folder":
+      path = os.path.dirname(self._file(b"x"))
+    else:
+      path = self._file(data)
+    for name, arg in _TEXT_CONFIGS:
+      with self.assertRaises(ValueError) as caught:
+        _get_config(name, f"{arg}prompts_file={path}")
+      message = str(caught.exception)
+      self.assertStartsWith(message, "config arg 'prompts_file': ")
+      self.assertIn(repr(path), message)
+      self.assertRegex(message, pattern)
+      self.assertNotIn("\n", message)  # one line
+
+  def test_class_conditional_configs_refuse_it(self):
+    with self.assertRaisesRegex(ValueError, "^config arg 'prompts_file': "
+                                "var_tiny is class-conditional"):
+      _get_config("tiny", f"prompts_file={_TINY}")
+    with self.assertRaisesRegex(ValueError, "unknown key 'prompts_file'"):
+      _get_config("var_d16", f"prompts_file={_TINY}")
+
+
 class ParseArgTest(absltest.TestCase):
 
   def test_typed_values(self):
@@ -202,8 +279,9 @@ class TinyConfigTest(parameterized.TestCase):
       self.assertEqual(cond.text_features, features.PLACEHOLDER_TEXT)
 
   @parameterized.named_parameters(
-      ("batch_size", "var_tiny", "sampling.batch_size", 0,
-       "sampling.batch_size"),
+      # 0 is valid: all images in one batch.
+      ("batch_size", "var_tiny", "sampling.batch_size", -1,
+       "sampling.batch_size: must be >= 0"),
       ("labels_range", "var_tiny", "sampling.labels", (3, 1000),
        r"sampling.labels\[1\]: 1000 is out of range"),
       ("labels_empty", "var_tiny", "sampling.labels", (), "sampling.labels"),

@@ -7,11 +7,13 @@ import tempfile
 
 from absl.testing import absltest
 
+from configs import emoji
 from configs import tiny
 from toprovar_jax import pipeline
 from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import plan as plan_lib
+from toprovar_jax.text import features
 
 
 def _config(**fields):
@@ -72,18 +74,72 @@ class SamplersTest(absltest.TestCase):
         pipeline.samplers_from_config(_config(**{"sparsity.compare": path}))
 
 
+_SEVEN = ("grinning face", "red apple", "dog face", "cat face", "rainbow",
+          "pizza", "red heart")
+
+
+def _prompts_file(test, lines):
+  """A UTF-8 prompts file (blank lines around and between the lines),
+  removed after `test`."""
+  folder = tempfile.TemporaryDirectory()
+  test.addCleanup(folder.cleanup)
+  path = os.path.join(folder.name, "prompts.txt")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n  \n".join(lines) + "\n\n")
+  return path
+
+
 class ConditionsTest(absltest.TestCase):
+
+  def _conditions(self, config):
+    return pipeline.conditions_from_config(
+        config, pipeline.sampler_from_config(config))
 
   def test_conditions_from_the_config(self):
     config = _config()
-    smp = pipeline.sampler_from_config(config)
-    cond = pipeline.conditions_from_config(config, smp)
+    cond = self._conditions(config)
     self.assertEqual(cond.prompts, ("a red apple", "a small blue car"))
     self.assertEqual(cond.text.shape[1], config.sampling.text_len)
 
+  def test_the_count_follows_the_prompts_file_and_samples(self):
+    path = _prompts_file(self, _SEVEN)
+    for arg, count in (("", 7), (",samples=2", 14)):
+      config = emoji.get_config(f"prompts_file={path}{arg}")
+      cond = self._conditions(config)
+      self.assertEqual(cond.num_samples, count)
+      # Cycled: caption i, then every caption again for the second sample.
+      self.assertEqual(cond.prompts, _SEVEN * (count // 7))
+      self.assertEqual(cond.text.shape[0], count)
+      self.assertEqual(cond.text_features, features.MINILM_TEXT)
+    config = tiny.get_config(f"model=infinity_tiny,prompts_file={path}")
+    self.assertEqual(self._conditions(config).prompts, _SEVEN)
 
-if __name__ == "__main__":
-  absltest.main()
+  def test_the_count_follows_an_override_of_the_prompts(self):
+    config = _config(**{"sampling.prompts": ("a", "b", "c")})
+    self.assertEqual(self._conditions(config).prompts, ("a", "b", "c"))
+    config.sampling.samples_per_prompt = 2
+    self.assertEqual(self._conditions(config).prompts, ("a", "b", "c") * 2)
+    # An explicit count still cycles the prompts to it.
+    config = _config(**{"sampling.prompts": ("a", "b", "c"),
+                        "sampling.num_samples": 4})
+    self.assertEqual(self._conditions(config).prompts, ("a", "b", "c", "a"))
+    var = tiny.get_config()
+    var.sampling.samples_per_prompt = 3
+    self.assertEqual(self._conditions(var).labels.tolist(), [207, 88] * 3)
+
+  def test_batch_size_zero_is_valid_and_bad_counts_are_named(self):
+    self.assertEqual(self._conditions(_config(**{
+        "sampling.batch_size": 0})).num_samples, 2)
+    for fields, pattern in (
+        ({"sampling.samples_per_prompt": 0},
+         "^config.sampling.samples_per_prompt: must be >= 1"),
+        ({"sampling.samples_per_prompt": 2, "sampling.num_samples": 3},
+         "^config.sampling.samples_per_prompt: is 2, but sampling."
+         "num_samples = 3 sets the count"),
+        ({"sampling.batch_size": -1},
+         r"^config.sampling.batch_size: must be >= 0 \(0 = all")):
+      with self.assertRaisesRegex(ValueError, pattern):
+        self._conditions(_config(**fields))
 
 
 class GeneratorsTest(absltest.TestCase):
@@ -146,7 +202,6 @@ class GeneratorsTest(absltest.TestCase):
 class ShippedDecisionsTest(absltest.TestCase):
 
   def test_emoji_skipvar_and_adaptive_load(self):
-    from configs import emoji
     config = emoji.get_config()
     sk = pipeline.generator_from_spec(config, "skipvar")
     self.assertEqual([p.name for p in sk.plans],
@@ -155,3 +210,7 @@ class ShippedDecisionsTest(absltest.TestCase):
     ad = pipeline.generator_from_spec(config, "adaptive")
     self.assertEqual(ad.decision_scale, 10)
     self.assertBetween(len(ad.plans), 2, 4)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -40,13 +40,22 @@ class ReportTest(absltest.TestCase):
     self.cond = conditions_lib.Conditions(
         labels=np.array([1, 2, 3], np.int32))
 
-  def test_results_record(self):
-    r = report.results_record(
-        config=tiny.get_config(), runs=self.runs, conditions=self.cond,
+  def _record(self, arg=None):
+    return report.results_record(
+        config=tiny.get_config(arg), runs=self.runs, conditions=self.cond,
         source=loading.ParamsSource(loading.RANDOM_INIT, loading.RANDOM_INIT),
         init_s=0.1, files=[["a0", "a1", "a2"], ["b0", "b1", "b2"]],
-        grids=["ga", "gb"], grid="grid.png")
+        grids=["ga", "gb"], grid="grid.png",
+        outputs=["grid.png", "b0", "a0", "config.json"])
+
+  def test_results_record(self):
+    r = self._record()
     json.dumps(r, allow_nan=False)
+    # Sorted: the list io.publish checks against the files it writes.
+    self.assertEqual(r["outputs"], ["a0", "b0", "config.json", "grid.png"])
+    # The batch size used: configs/tiny.py's 2; 0 = all 3 in one batch.
+    self.assertEqual(r["batch_size"], 2)
+    self.assertEqual(self._record("batch_size=0")["batch_size"], 3)
     self.assertEqual((r["model"], r["plan"], r["seeds"]), ("var_tiny",
                                                           "dense", [3]))
     self.assertEqual(r["samples"][2], dict(file="a2", seed=3, index=2,

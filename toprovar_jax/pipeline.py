@@ -11,6 +11,7 @@ writes files.
   generator_from_spec     one plan spec -> a Sampler, or a per-image
                           generator for 'skipvar' / 'adaptive:PATH'
   generators_from_config  generator_from_spec for every plan spec
+  num_samples_from_config the run's image count (follows the prompts)
   conditions_from_config  labels / prompts -> Conditions (validated)
   params_from_config      config.ckpt -> weights (`weights.loading`)
   mesh_from_config        config.mesh -> the run's device mesh (`sharding`)
@@ -70,11 +71,19 @@ def _validate_sampling(config, model: config_lib.TransformerConfig) -> None:
           f"must be >= 0 (0 = scan every run), got {s.unroll_tokens}")
   if not 0.0 <= s.top_p <= 1.0:
     _fail("sampling.top_p", f"must be in [0, 1] (0 = off), got {s.top_p}")
-  if s.batch_size < 1:
-    _fail("sampling.batch_size", f"must be >= 1, got {s.batch_size}")
+  if s.batch_size < 0:
+    _fail("sampling.batch_size", f"must be >= 0 (0 = all images in one "
+          f"batch), got {s.batch_size}")
   if s.num_samples < 0:
-    _fail("sampling.num_samples", f"must be >= 0 (0 = one per condition), "
-          f"got {s.num_samples}")
+    _fail("sampling.num_samples", "must be >= 0 (0 = samples_per_prompt "
+          f"per condition), got {s.num_samples}")
+  per = s.samples_per_prompt
+  if per < 1:
+    _fail("sampling.samples_per_prompt", f"must be >= 1, got {per}")
+  if per != 1 and s.num_samples:
+    # Both would set the count; refusing beats silently ignoring one.
+    _fail("sampling.samples_per_prompt", f"is {per}, but sampling."
+          f"num_samples = {s.num_samples} sets the count; set one of them")
   if not math.isfinite(s.cfg_scale):
     _fail("sampling.cfg_scale", f"must be finite, got {s.cfg_scale}")
   if model.style == "infinity":
@@ -271,14 +280,26 @@ def sampler_from_config(config) -> sampler_lib.Sampler:
   return samplers_from_config(config)[0]
 
 
+def num_samples_from_config(config, model: config_lib.TransformerConfig
+                            ) -> int:
+  """Images in the run: `sampling.num_samples`, or when it is 0
+  `samples_per_prompt` per label (VAR) or prompt (Infinity) the config
+  holds now, so `--config.sampling.prompts=...` (or a config's
+  `prompts_file`) sets the count too."""
+  s = config.sampling
+  conditions = s.labels if model.style == "var" else s.prompts
+  return s.num_samples or len(conditions) * s.samples_per_prompt
+
+
 def conditions_from_config(config, sampler: sampler_lib.Sampler
                            ) -> conditions_lib.Conditions:
-  """`conditions.make_conditions` from `config.sampling`."""
+  """`conditions.make_conditions` from `config.sampling`, with
+  `num_samples_from_config` images (the conditions cycle to fill them)."""
   s = config.sampling
   return conditions_lib.make_conditions(
       sampler.model, labels=tuple(s.labels), prompts=tuple(s.prompts),
-      num_samples=s.num_samples, text_len=s.text_len,
-      t5_dir=s.get("t5_dir", ""))
+      num_samples=num_samples_from_config(config, sampler.model),
+      text_len=s.text_len, t5_dir=s.get("t5_dir", ""))
 
 
 def conditions_for_prompts(config, sampler, prompts, num_samples: int = 0
@@ -302,8 +323,7 @@ def dense_run_from_prompts_file(config, path: str, num_samples: int = 0):
   params, vae_params, ParamsSource, prompts): the inputs of a training run
   over prompts (`experiments/train_skipvar.py`, `calibrate_adaptive.py`)."""
   base = generator_from_spec(config, "dense")
-  with open(path, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f if line.strip()]
+  prompts = list(conditions_lib.read_prompts_file(path, field="--prompts"))
   conditions = conditions_for_prompts(config, base, prompts, num_samples)
   params, vae, source = params_from_config(config,
                                            jax.random.key(config.seed))

@@ -2,12 +2,13 @@
 
   results_record   the JSON-ready summary of a run (results.json): model,
                    plans, where the parameters came from, seeds, conditions,
-                   files, FLOPs, wall times, similarity to the reference plan
+                   files (and "outputs", every file the run wrote beside
+                   it), FLOPs, wall times, similarity to the reference plan
   comparison_grid  one labelled row of images per plan (FLOP speedup, PSNR
                    against the reference plan)
 
 Pure: runs in, dicts and arrays out. Writing them is the experiment's
-(`toprovar_jax.io`).
+(`toprovar_jax.io.publish`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
                    conditions: conditions_lib.Conditions,
                    source: loading.ParamsSource,
                    init_s: float, files: Sequence[Sequence[str]],
-                   grids: Sequence[str], grid: str) -> Dict[str, Any]:
+                   grids: Sequence[str], grid: str,
+                   outputs: Sequence[str]) -> Dict[str, Any]:
   """The JSON-ready `results.json` of a generate run.
 
   Top-level keys describe the reference plan (`plan`, `samples`,
@@ -95,6 +97,9 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
     files: per plan, the N sample file names written.
     grids: per plan, its grid file name.
     grid: the run's main grid (the comparison grid with several plans).
+    outputs: every file the run writes beside results.json (samples, grids,
+      config.json): recorded sorted as "outputs", which `io.publish` checks
+      and the next --overwrite run removes.
 
   Returns:
     A dict of JSON types only (no NaN / Inf).
@@ -141,13 +146,14 @@ def results_record(*, config, runs: Sequence[runner.PlanRun],
       text_features=conditions.text_features or None,
       image_shape=list(images.shape[1:]),
       schedule=[list(hw) for hw in ref.sampler.model.schedule],
-      num_samples=conditions.num_samples, batch_size=s.batch_size,
+      num_samples=conditions.num_samples,
+      batch_size=runner.images_per_call(s.batch_size, conditions.num_samples),
       cfg_scale=s.cfg_scale, tau=s.tau, top_k=s.top_k, top_p=s.top_p,
       seeds=[ref.output.seed],
       labels=([int(x) for x in conditions.labels]
               if conditions.labels is not None else None),
       prompts=list(conditions.prompts) or None,
-      samples=samples, grid=grid,
+      samples=samples, grid=grid, outputs=sorted(outputs),
       timings=dict(init_or_load_s=init_s, **ref.output.timings),
       plans=plans,
       flops_note="analytic transformer FLOPs per image with CFG "

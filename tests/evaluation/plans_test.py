@@ -168,9 +168,11 @@ class EvaluatePlansTest(absltest.TestCase):
   def test_outputs(self):
     record = plans.results_record(
         self.results, config={"model": _MODEL}, seed=7, prompts_file="p.txt",
-        conditions=self.conditions, batch_size=2, files={"grid": "grid.png"},
-        wall_s=1.5)
+        conditions=self.conditions, batch_size=2,
+        files={"table": "results.md", "grid": "grid.png"}, wall_s=1.5)
     record = json.loads(json.dumps(record, allow_nan=False))
+    # Every file beside results.json, sorted (what io.publish checks).
+    self.assertEqual(record["outputs"], ["grid.png", "results.md"])
     self.assertEqual([p["name"] for p in record["plans"]],
                      ["dense", "noisy", "adaptive:a.json"])
     for p in record["plans"]:

@@ -65,9 +65,11 @@ class EmojiConfigTest(absltest.TestCase):
     self.assertEqual([s.resolved_plan.name for s in samplers],
                      ["dense", "emoji_default"])
     self.assertEqual(samplers[0].resolved_plan, plan_lib.dense_plan(_EMOJI))
-    self.assertEqual(config.sampling.num_samples,
+    # One image per caption, all in one batch (0): counted from the
+    # captions the run ends up with (pipeline, runner).
+    self.assertEqual(pipeline.num_samples_from_config(config, _EMOJI),
                      len(emoji_config.PROMPTS))
-    self.assertEqual(config.sampling.batch_size, config.sampling.num_samples)
+    self.assertEqual(config.sampling.batch_size, 0)
     self.assertEqual(samplers[0].execution.kv_read, "buffer")
 
   def test_captions_are_dataset_captions(self):
@@ -79,13 +81,16 @@ class EmojiConfigTest(absltest.TestCase):
   def test_arguments(self):
     config = emoji_config.get_config("samples=2,compare=,ckpt_dir=/w")
     self.assertEqual(pipeline.plan_specs(config), ("dense",))
-    self.assertEqual(config.sampling.num_samples,
+    self.assertEqual(config.sampling.samples_per_prompt, 2)
+    self.assertEqual(pipeline.num_samples_from_config(config, _EMOJI),
                      2 * len(emoji_config.PROMPTS))
     self.assertEqual(config.ckpt.transformer, "/w/transformer")
     config = emoji_config.get_config("plan=emoji_paper,compare=dense")
     self.assertEqual(pipeline.plan_specs(config), ("emoji_paper", "dense"))
     with self.assertRaisesRegex(ValueError, "'samples'"):
       emoji_config.get_config("samples=0")
+    with self.assertRaisesRegex(ValueError, "'batch_size': must be >= 0"):
+      emoji_config.get_config("batch_size=-1")
 
   def test_default_plan(self):
     # toprovar_jax/sparsity/plans/README.md, emoji_default: dense to 12x12,

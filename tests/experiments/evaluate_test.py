@@ -88,6 +88,9 @@ class EvaluateTest(absltest.TestCase):
                      ["config.json", "frontier.png", "grid.png",
                       "results.json", "results.md"])
     r = self.results
+    # What an --overwrite rerun replaces (io.publish): all but results.json.
+    self.assertEqual(r["outputs"], ["config.json", "frontier.png",
+                                    "grid.png", "results.md"])
     self.assertEqual(r["seed"], 3)
     self.assertEqual(r["prompts"], ["a red apple", "a small blue car"])
     self.assertEqual(r["config"]["model"]["variant"], _MODEL)

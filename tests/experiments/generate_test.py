@@ -82,6 +82,9 @@ class GenerateTest(absltest.TestCase):
         ["config.json", "grid.png", "results.json", "sample_0000.png",
          "sample_0001.png"])
     r = self._results(workdir)
+    # Every file beside results.json: what an --overwrite rerun replaces.
+    self.assertEqual(r["outputs"], ["config.json", "grid.png",
+                                    "sample_0000.png", "sample_0001.png"])
     self.assertEqual(r["model"], model)
     self.assertEqual(r["plan"], "dense")
     self.assertEqual(r["params_source"], loading.RANDOM_INIT)
@@ -143,6 +146,41 @@ class GenerateTest(absltest.TestCase):
         _read_png(os.path.join(workdir, "sample_0000.png")), old))
     with open(os.path.join(workdir, "notes.txt")) as f:
       self.assertEqual(f.read(), "mine")
+
+  def test_overwrite_with_fewer_samples_leaves_exactly_the_new_set(self):
+    workdir = os.path.join(self.root, "fewer")
+    shutil.copytree(self.workdirs["var_tiny"], workdir)
+    with open(os.path.join(workdir, "notes.txt"), "w") as f:
+      f.write("mine")
+    # One image, still in a batch of 2: the compiled program is reused.
+    _run("var_tiny", workdir, "--overwrite", "--config.sampling.num_samples=1")
+    self.assertEqual(sorted(os.listdir(workdir)),
+                     ["config.json", "grid.png", "notes.txt", "results.json",
+                      "sample_0000.png"])
+    r = self._results(workdir)
+    self.assertEqual(r["num_samples"], 1)
+    self.assertEqual(r["outputs"], ["config.json", "grid.png",
+                                    "sample_0000.png"])
+
+  def test_a_failed_write_leaves_the_previous_run_whole(self):
+    workdir = os.path.join(self.root, "failed")
+    shutil.copytree(self.workdirs["var_tiny"], workdir)
+    before = _snapshot(workdir)
+    real, made = io.png_writer, []
+
+    def third_fails(image):  # the 3rd PNG (the grid) cannot be written
+      made.append(image)
+      if len(made) < 3:
+        return real(image)
+      def fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+      return fail
+    with mock.patch.object(io, "png_writer", side_effect=third_fails):
+      with self.assertRaisesRegex(OSError, "disk full"):
+        _run("var_tiny", workdir, "--overwrite", "--config.sampling.seed=9")
+    self.assertLen(made, 3)
+    self.assertEqual(_snapshot(workdir), before)  # and no staging folder
 
   def test_bad_config_fails_before_the_workdir_is_made(self):
     workdir = os.path.join(self.root, "never")

@@ -136,9 +136,15 @@ class GenerateImagesTest(absltest.TestCase):
   def test_bad_batch_size_names_the_field(self):
     cfg, params, vae, text, mask = _setup()
     cond = conditions_lib.Conditions(text=text, text_mask=mask)
-    with self.assertRaisesRegex(ValueError, "config.sampling.batch_size"):
+    with self.assertRaisesRegex(ValueError, "config.sampling.batch_size: "
+                                r"must be >= 0 \(0 = all"):
       runner.generate_images(_sampler(cfg), params, vae, cond, seed=0,
-                             batch_size=0, cfg_scale=3.0, tau=1.0)
+                             batch_size=-1, cfg_scale=3.0, tau=1.0)
+
+  def test_batch_size_zero_is_all_images_in_one_call(self):
+    self.assertEqual(runner.images_per_call(0, 7), 7)
+    self.assertEqual(runner.images_per_call(3, 7), 3)
+    self.assertEqual(runner.images_per_call(0, 0), 1)  # never a 0-row call
 
   def test_a_nan_weight_stops_the_run_naming_scale_and_layer(self):
     cfg, params, vae, text, mask = _setup()

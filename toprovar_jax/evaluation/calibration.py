@@ -49,13 +49,7 @@ def read_conditions(path: str, model, *, num_images: int, text_len: int
                     ) -> conditions_lib.Conditions:
   """Conditions from a file of one prompt (Infinity) or class label (VAR)
   per line (blank lines skipped), cycled to `num_images` (0 = one each)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = [ln.strip() for ln in f if ln.strip()]
-  except OSError as e:
-    raise ValueError(f"prompts: cannot read {path!r}: {e}") from None
-  if not lines:
-    raise ValueError(f"prompts: {path!r} holds no prompt or label")
+  lines = conditions_lib.read_prompts_file(path, field="prompts")
   if model.style == "var":
     try:
       labels = [int(v) for v in lines]
@@ -105,7 +99,8 @@ def collect(sampler: sampler_lib.Sampler, params, vae_params,
     conditions: the calibration prompts / labels, one image each.
     workdir: where the state and the dense images are saved.
     seed, cfg_scale, tau: as `runner.generate_images`.
-    batch_size: images per generate call.
+    batch_size: images per generate call; 0 = all in one
+      (`runner.images_per_call`).
     rep_side: the layer level's representative scale (side nearest).
     num_samples: images whose full entropy is kept (kept-token figure).
     on_batch: called with the batch index after each batch is saved.
@@ -115,13 +110,12 @@ def collect(sampler: sampler_lib.Sampler, params, vae_params,
     The statistics of all N images.
 
   Raises:
-    ValueError: a saved state of another run (fingerprint), batch_size < 1.
+    ValueError: a saved state of another run (fingerprint), batch_size < 0.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+  n = conditions.num_samples
+  batch_size = runner.images_per_call(batch_size, n)
   sampler = entropy_sampler(sampler)
   model = sampler.model
-  n = conditions.num_samples
   fp = fingerprint(sampler, conditions, seed=seed, cfg_scale=cfg_scale,
                    tau=tau, rep_side=rep_side)
   state_path = workdir / STATE

@@ -31,7 +31,6 @@ Dimension letters: P plans, N images, H, W image size.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import re
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -101,14 +100,7 @@ def read_prompts(path: str) -> Tuple[str, ...]:
   Raises:
     ValueError: unreadable file or no prompt in it (names '--prompts').
   """
-  try:
-    text = pathlib.Path(path).read_text(encoding="utf-8")
-  except (OSError, UnicodeDecodeError) as e:
-    _fail("--prompts", f"cannot read {path!r}: {e}")
-  lines = tuple(line.strip() for line in text.splitlines() if line.strip())
-  if not lines:
-    _fail("--prompts", f"{path!r} holds no prompt (one per line)")
-  return lines
+  return conditions_lib.read_prompts_file(path, field="--prompts")
 
 
 def make_conditions(model: config_lib.TransformerConfig,
@@ -325,7 +317,8 @@ def results_record(results: Sequence[PlanResult], *, config: Dict[str, Any],
                    batch_size: int, files: Dict[str, str],
                    **extra: Any) -> Dict[str, Any]:
   """The JSON-ready results.json (no NaN / Inf: PSNR +inf is null);
-  `extra` (JSON types, e.g. where the weights came from) is added."""
+  `extra` (JSON types, e.g. where the weights came from) is added.
+  "outputs" lists the `files` (sorted), the set `io.publish` writes."""
   labels = conditions.labels
   return dict(**extra,
       reference=REFERENCE, config=config, seed=seed,
@@ -340,6 +333,7 @@ def results_record(results: Sequence[PlanResult], *, config: Dict[str, Any],
       num_devices=jax.device_count(), jax_version=jax.__version__,
       compiler_options=runner.compiler_options(),
       plans=[_plan_record(r) for r in results], files=dict(files),
+      outputs=sorted(files.values()),
       notes=dict(fd_alexnet=FD_NOTE, psnr=PSNR_NOTE, latency=LATENCY_NOTE))
 
 

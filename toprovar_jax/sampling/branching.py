@@ -321,9 +321,7 @@ class Run:
 
   def __init__(self, br: Branching, params, vae_params, conditions, *, seed,
                batch_size, guidance, options):
-    if batch_size < 1:
-      raise ValueError(f"config.sampling.batch_size: must be >= 1, got "
-                       f"{batch_size}")
+    batch_size = runner.images_per_call(batch_size, conditions.num_samples)
     if conditions.text_mask is not None:
       inputs.check_text_mask(np.asarray(conditions.text_mask))
     self.br, self.params, self.vae = br, params, vae_params

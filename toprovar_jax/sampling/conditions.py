@@ -12,6 +12,7 @@ Dimension letters: N samples, T static text length, Ct text feature width.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Optional, Sequence, Tuple
 
 from absl import logging
@@ -24,6 +25,29 @@ from toprovar_jax.text import features
 def field_error(field: str, message: str) -> ValueError:
   """The error of a bad config field: 'config.<field>: <message>'."""
   return ValueError(f"config.{field}: {message}")
+
+
+def read_prompts_file(path: str, *, field: str) -> Tuple[str, ...]:
+  """The prompts (or VAR class ids, as text) of a file: one a line, UTF-8,
+  stripped, blank lines skipped (SPEC §9: prompts can always come from a
+  file).
+
+  Args:
+    path: the file.
+    field: what the error names ('--prompts', "config arg 'prompts_file'").
+
+  Raises:
+    ValueError: '<field>: ...' naming the path, one line: a missing or
+      unreadable file, one that is not UTF-8, or one with no prompt.
+  """
+  try:
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"{field}: cannot read {str(path)!r}: {e}") from None
+  lines = tuple(line.strip() for line in text.splitlines() if line.strip())
+  if not lines:
+    raise ValueError(f"{field}: {str(path)!r} holds no prompt (one per line)")
+  return lines
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -267,6 +267,20 @@ def check_finite(sampler: sampler_lib.Sampler, finite, *, batch: int) -> None:
       "weights; nothing was written")
 
 
+def images_per_call(batch_size: int, num_images: int) -> int:
+  """The rows of one generate call: `batch_size`, or 0 = all `num_images`
+  in one batch (what configs/emoji.py defaults to, whatever the number of
+  prompts turns out to be).
+
+  Raises:
+    ValueError: batch_size < 0 (names config.sampling.batch_size).
+  """
+  if batch_size < 0:
+    raise ValueError(f"config.sampling.batch_size: must be >= 0 (0 = all "
+                     f"images in one batch), got {batch_size}")
+  return batch_size or max(num_images, 1)
+
+
 def generate_images(sampler, params, vae_params,
                     conditions: conditions_lib.Conditions, *, seed: int,
                     batch_size: int, cfg_scale: float, tau: float,
@@ -292,7 +306,8 @@ def generate_images(sampler, params, vae_params,
     conditions: `conditions.make_conditions` (or
       `pipeline.conditions_from_config`).
     seed: the run's seed.
-    batch_size: images per generate call.
+    batch_size: images per generate call; 0 = all in one
+      (`images_per_call`).
     cfg_scale: guidance scale.
     tau: Infinity logit temperature (VAR ignores it).
     options: XLA compiler options of both compiles; default
@@ -307,14 +322,12 @@ def generate_images(sampler, params, vae_params,
     Output.
 
   Raises:
-    ValueError: batch_size < 1 (names config.sampling.batch_size), or a
+    ValueError: batch_size < 0 (names config.sampling.batch_size), or a
       text mask that is not a prefix mask.
     NonFiniteError: a batch's layers or logits were NaN / Inf (with
       ExecutionConfig.check_finite, the default), before any decode.
   """
-  if batch_size < 1:
-    raise ValueError(f"config.sampling.batch_size: must be >= 1, got "
-                     f"{batch_size}")
+  batch_size = images_per_call(batch_size, conditions.num_samples)
   if options is _CPU_DEFAULT:
     options = compiler_options()
   if not isinstance(sampler, sampler_lib.Sampler):
