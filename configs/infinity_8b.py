@@ -1,23 +1,9 @@
 r"""Infinity-8B: 40 blocks, width 3584, 56-bit 2x2-patchified tokens, 1024 px.
 
-Weights: the official checkpoint converted to orbax
-(`<ckpt_dir>/transformer`, `<ckpt_dir>/tokenizer`); without `ckpt_dir` the
-run uses random parameters and says so in its logs and results.json.
-
-Text: Flan-T5 features from `t5_dir`, else labelled placeholder features,
-exactly as in configs/infinity_2b.py.
-
-Arguments after the colon (typed, `configs/common.py:parse_arg`):
-  plan=dense        'dense' | 'fastvar' | named plan | plan JSON path.
-  batch_size=2      samples per generate call.
-  ckpt_dir=''       folder holding the converted orbax checkpoints.
-  bf16              bare word: bfloat16 transformer compute.
-  t5_dir=''         the Flan-T5 folder ('' = placeholder text features).
-  h_div_w=1.0       one of the 15 official h/w templates (0.333 ... 3.0).
-  pixels=''         '0.06M' | '0.25M' | '0.60M' | '1M' ('' = 1M).
-  prompts_file=''   a UTF-8 file of one prompt a line (blank lines
-                    skipped) instead of the built-in prompts; one image
-                    per prompt (sampling.samples_per_prompt each).
+Weights, text (t5_dir) and arguments after the colon (plan=, batch_size=2,
+ckpt_dir=, bf16, t5_dir=, h_div_w=, pixels=, prompts_file=) are those of
+configs/infinity_2b.py, with infinity_8b for infinity_2b; sampling follows
+the 8B notebooks (τ 1.0).
 
 Launch:
   python -m experiments.generate \

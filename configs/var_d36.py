@@ -1,14 +1,8 @@
 r"""VAR-d36-s: 2.354B params, 512 px, shared AdaLN, class-conditional.
 
-Weights: the official checkpoint converted to orbax
-(`<ckpt_dir>/transformer`, `<ckpt_dir>/tokenizer`); without `ckpt_dir` the
-run uses random parameters and says so in its logs and results.json.
-
-Arguments after the colon (typed, `configs/common.py:parse_arg`):
-  plan=dense        'dense' | 'fastvar' | named plan | plan JSON path.
-  batch_size=8      samples per generate call.
-  ckpt_dir=''       folder holding the converted orbax checkpoints.
-  bf16              bare word: bfloat16 transformer compute.
+Weights and arguments after the colon (plan=, batch_size=8, ckpt_dir=,
+bf16) are those of configs/var_d16.py, with var_d36 for
+var_d16.
 
 Launch:
   python -m experiments.generate \

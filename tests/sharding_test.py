@@ -31,13 +31,11 @@ import numpy as np
 from toprovar_jax import sharding
 from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.models import transformer
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import validation
-from toprovar_jax.weights import loading
 
 _T = 8
 _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1,), num_res_blocks=0,
@@ -47,16 +45,8 @@ _KW = dict(seed=3, cfg_scale=3.0, tau=1.0)
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  cfg = testing.micro_infinity()
-  params = transformer.init_params(cfg, jax.random.key(0))
-  rng = np.random.default_rng(1)
-  vae = jax.tree.map(lambda s: jnp.asarray(
-      rng.normal(0, 0.2, s.shape).astype(np.float32)),
-                     loading.abstract_tokenizer(cfg, _TOK))
-  text = rng.normal(0, 0.3, (6, _T, cfg.text_dim)).astype(np.float32)
-  mask = np.arange(_T)[None] < np.array([[3], [8], [5], [6], [2], [7]])
-  cond = conditions_lib.Conditions(text=text * mask[..., None],
-                                   text_mask=mask)
+  cfg, params, vae, _, text, mask = testing.micro_infinity_run(6)
+  cond = conditions_lib.Conditions(text=text, text_mask=mask)
   return cfg, params, vae, cond
 
 

@@ -33,7 +33,6 @@ Dimension letters: B rows, Nq queries, Nk keys, H heads, D head dim, T text.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Dict, List
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,3 +85,57 @@ def probe_sx_plan(cfg, keep=(8, 16), name: str = "pruned"):
                                  entropy_from="previous", guidance=False)
     return sp
   return with_scales(plan_lib.dense_plan(cfg), name, fn)
+
+
+def micro_bsq(stride: int = 1):
+  """A one- (stride 1) or two-level (stride 2) BSQ VAE of 4 bits: the micro
+  Infinity model's 6x6 latent grid decodes to a 6x6 / 12x12 image."""
+  from toprovar_jax.models import config as config_lib
+  return config_lib.BSQConfig(base_ch=32, ch_mult=(1,) * stride,
+                              num_res_blocks=0, codebook_dim=4)
+
+
+# Text lengths of the micro run's rows (each row's real tokens of _MICRO_T).
+_MICRO_LENGTHS = (3, 8, 5, 6, 2, 7)
+_MICRO_T = 8
+
+
+class MicroRun(NamedTuple):
+  """A micro Infinity model with random weights, a tiny VAE and text rows.
+
+  text: (R, 8, C) float32, zero past each row's length; mask: (R, 8) bool
+  prefix masks of lengths 3, 8, 5, 6, 2, 7 (the first R).
+  """
+  cfg: Any
+  params: Any
+  vae: Any
+  tokenizer: Any
+  text: np.ndarray
+  mask: np.ndarray
+
+
+@functools.lru_cache(maxsize=None)
+def micro_infinity_run(rows: int, stride: int = 1) -> MicroRun:
+  """`micro_infinity` with seeded weights and `rows` text rows.
+
+  stride 1: a 6x6 latent grid decodes to a 6x6 image (cheapest); stride 2:
+  12x12 images, as large as SSIM's 11x11 window needs. The text rows are
+  the first `rows` of one draw, so runs of different sizes share rows.
+  """
+  import jax
+  import jax.numpy as jnp
+  from toprovar_jax.models import transformer
+  from toprovar_jax.weights import loading
+  if not 1 <= rows <= len(_MICRO_LENGTHS) or stride not in (1, 2):
+    raise ValueError(f"rows in 1..{len(_MICRO_LENGTHS)}, stride 1 or 2; "
+                     f"got {rows}, {stride}")
+  cfg, tok = micro_infinity(), micro_bsq(stride)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(1)
+  vae = jax.tree.map(lambda s: jnp.asarray(
+      rng.normal(0, 0.2, s.shape).astype(np.float32)),
+                     loading.abstract_tokenizer(cfg, tok))
+  text = rng.normal(0, 0.3, (rows, _MICRO_T, cfg.text_dim)).astype(np.float32)
+  mask = (np.arange(_MICRO_T)[None]
+          < np.array(_MICRO_LENGTHS[:rows])[:, None])
+  return MicroRun(cfg, params, vae, tok, text * mask[..., None], mask)

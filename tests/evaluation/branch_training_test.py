@@ -4,20 +4,15 @@ micro Infinity config (random weights, 4 scales, fp32 CPU)."""
 import functools
 
 from absl.testing import absltest
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import testing
 from toprovar_jax.evaluation import branch_training
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.models import transformer
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import plan as plan_lib
-from toprovar_jax.weights import loading
 
 # Stride 2: 12x12 images, as large as SSIM's 11x11 window needs.
 _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1), num_res_blocks=0,
@@ -26,17 +21,9 @@ _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1), num_res_blocks=0,
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  cfg = testing.micro_infinity()
-  params = transformer.init_params(cfg, jax.random.key(0))
-  rng = np.random.default_rng(1)
-  vae = jax.tree.map(lambda s: jnp.asarray(
-      rng.normal(0, 0.2, s.shape).astype(np.float32)),
-                     loading.abstract_tokenizer(cfg, _TOK))
-  text = rng.normal(0, 0.3, (4, 8, cfg.text_dim)).astype(np.float32)
-  mask = np.arange(8)[None] < np.array([[3], [8], [5], [6]])
-  cond = conditions_lib.Conditions(text=text * mask[..., None],
-                                   text_mask=mask)
-  base = sampler_lib.Sampler(model=cfg, tokenizer=_TOK)
+  cfg, params, vae, tok, text, mask = testing.micro_infinity_run(4, stride=2)
+  cond = conditions_lib.Conditions(text=text, text_mask=mask)
+  base = sampler_lib.Sampler(model=cfg, tokenizer=tok)
   return cfg, params, vae, cond, base
 
 

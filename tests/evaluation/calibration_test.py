@@ -12,22 +12,18 @@ import pathlib
 import tempfile
 
 from absl.testing import absltest
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import testing
 from toprovar_jax.evaluation import budget
 from toprovar_jax.evaluation import calibration as run_lib
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.models import transformer
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import calibration
 from toprovar_jax.sparsity import named
 from toprovar_jax.sparsity import plan as plan_lib
-from toprovar_jax.weights import loading
 
 TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1, 1), num_res_blocks=0,
                            codebook_dim=4)
@@ -36,17 +32,9 @@ RUN = dict(seed=3, batch_size=2, cfg_scale=3.0, tau=1.0)
 
 @functools.lru_cache(maxsize=None)
 def setup():
-  cfg = testing.micro_infinity()
-  params = transformer.init_params(cfg, jax.random.key(0))
-  rng = np.random.default_rng(1)
-  vae = jax.tree.map(lambda s: jnp.asarray(
-      rng.normal(0, 0.2, s.shape).astype(np.float32)),
-                     loading.abstract_tokenizer(cfg, TOK))
-  text = rng.normal(0, 0.3, (5, 8, cfg.text_dim)).astype(np.float32)
-  mask = np.arange(8)[None] < np.array([[3], [8], [5], [6], [2]])
-  cond = conditions_lib.Conditions(text=text * mask[..., None],
-                                   text_mask=mask)
-  sampler = sampler_lib.Sampler(model=cfg, tokenizer=TOK)
+  cfg, params, vae, tok, text, mask = testing.micro_infinity_run(5, stride=2)
+  cond = conditions_lib.Conditions(text=text, text_mask=mask)
+  sampler = sampler_lib.Sampler(model=cfg, tokenizer=tok)
   return sampler, params, vae, cond
 
 

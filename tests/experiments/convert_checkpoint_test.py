@@ -8,7 +8,6 @@ so a reference of another seed or depth runs the same way.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import sys

@@ -12,14 +12,12 @@ import dataclasses
 import functools
 
 from absl.testing import absltest
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
 from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.models import transformer
 from toprovar_jax.sampling import branching
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
@@ -28,7 +26,6 @@ from toprovar_jax.sampling import state as state_lib
 from toprovar_jax.sparsity import baselines
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import validation
-from toprovar_jax.weights import loading
 
 _T = 8
 _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1,), num_res_blocks=0,
@@ -37,17 +34,10 @@ _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1,), num_res_blocks=0,
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  cfg = testing.micro_infinity()
-  params = transformer.init_params(cfg, jax.random.key(0))
-  vae = loading.abstract_tokenizer(cfg, _TOK)
-  rng = np.random.default_rng(1)
-  vae = jax.tree.map(lambda s: jnp.asarray(
-      rng.normal(0, 0.2, s.shape).astype(np.float32)), vae)
-  text = rng.normal(0, 0.3, (5, _T, cfg.text_dim)).astype(np.float32)
-  mask = np.arange(_T)[None] < np.array([[3], [8], [5], [6], [2]])
+  cfg, params, vae, _, text, mask = testing.micro_infinity_run(5)
   pruned = validation.validate_plan(testing.probe_sx_plan(cfg), cfg)
   skip = baselines.skipvar_plan(cfg, skip_scales=1)
-  return cfg, params, vae, text * mask[..., None], mask, pruned, skip
+  return cfg, params, vae, text, mask, pruned, skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ a one-level BSQ tokenizer, fp32 CPU.
 """
 
 import dataclasses
-import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -20,13 +19,11 @@ import numpy as np
 
 from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
-from toprovar_jax.models import transformer
 from toprovar_jax.sampling import conditions as conditions_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import validation
-from toprovar_jax.weights import loading
 
 _T = 8
 # A stride-1 BSQ VAE: the micro model's 6x6 latent grid is a 6x6 image.
@@ -34,17 +31,9 @@ _TOK = config_lib.BSQConfig(base_ch=32, ch_mult=(1,), num_res_blocks=0,
                             codebook_dim=4)
 
 
-@functools.lru_cache(maxsize=None)
 def _setup():
-  cfg = testing.micro_infinity()
-  params = transformer.init_params(cfg, jax.random.key(0))
-  vae = loading.abstract_tokenizer(cfg, _TOK)
-  rng = np.random.default_rng(1)
-  vae = jax.tree.map(lambda s: jnp.asarray(
-      rng.normal(0, 0.2, s.shape).astype(np.float32)), vae)
-  text = rng.normal(0, 0.3, (5, _T, cfg.text_dim)).astype(np.float32)
-  mask = np.arange(_T)[None] < np.array([[3], [8], [5], [6], [2]])
-  return cfg, params, vae, text * mask[..., None], mask
+  cfg, params, vae, _, text, mask = testing.micro_infinity_run(5)
+  return cfg, params, vae, text, mask
 
 
 def _sampler(cfg, plan=None):

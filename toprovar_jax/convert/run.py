@@ -36,7 +36,6 @@ import ml_dtypes
 import numpy as np
 
 from toprovar_jax.convert import manifest
-from toprovar_jax.convert import sources
 from toprovar_jax.weights import strict
 
 # --source -> (target kind, model style it belongs to).

@@ -313,7 +313,7 @@ class LayerRun:
     return x, kc, vc
 
 
-def layer_flags(finite, depth: int) -> Array:
+def layer_flags(finite, depth: int) -> jax.Array:
   """(L,) bool per layer from {first layer of a run: (layers,) bool}; a
   layer outside every run (X) repeats the flag before it (True at 0)."""
   flags, last = [], jnp.bool_(True)

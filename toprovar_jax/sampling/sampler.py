@@ -53,7 +53,6 @@ from typing import Any, Optional, Tuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from toprovar_jax.models import axes
 from toprovar_jax.models import config as config_lib
