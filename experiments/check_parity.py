@@ -2,14 +2,20 @@ r"""Checks this port against golden outputs of the official PyTorch code.
 
   python -m experiments.check_parity --reference ../shared/reference/var_tiny.npz
 
-For a model reference (VAR / Infinity) it finds NAME_vae.npz and NAME.json
+For a model reference (VAR / Infinity) it needs NAME_vae.npz and NAME.json
 beside NAME.npz and reads every hyper-parameter from the json; the text
 encoder references (MiniLM, tiny T5) carry everything in the npz. It runs every
-check the files support and prints one JSON object as its last stdout line:
-  {"reference": NAME, "pass": bool, "checks": {CHECK: {"max_abs_err": x,
-   "tol": t, "pass": bool, ...}}}
-Exit status: 0 all checks pass, 1 any mismatch, 2 a file it cannot read or a
-reference kind it does not support.
+check the reference's kind requires (toprovar_jax.parity.reference.LAYOUTS)
+and prints one strict-JSON object as its last stdout line:
+  {"reference": NAME, "kind": KIND, "pass": bool, "checks": {CHECK:
+   {"max_abs_err": x, "tol": t, "pass": bool, ...}}}
+A check whose shapes differ holds "shape": [ours, theirs] instead of an
+error; non-finite values are null, with a "non_finite" count.
+Exit status: 0 all checks pass; 1 any mismatch; 2 a reference it cannot read
+or use: an unreadable or missing file, an unsupported kind, a missing array
+or json field, weights or model inputs that do not fit the hyper-parameters
+(then {"reference", "pass": false, "error", and "file" / "field" / "arrays"
+where known}).
 """
 
 import json
@@ -35,11 +41,11 @@ def main(argv):
   except parity.ReferenceError as e:
     logging.error("%s", e)
     print(json.dumps({"reference": _REFERENCE.value, "pass": False,
-                      "error": str(e)}))
+                      **e.as_json()}, allow_nan=False))
     sys.exit(2)
   for name, c in result["checks"].items():
     logging.info("%-28s %s", name, "ok" if c["pass"] else f"FAIL {c}")
-  print(json.dumps(result))
+  print(json.dumps(result, allow_nan=False))
   sys.exit(0 if result["pass"] else 1)
 
 

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toprovar_jax import parity
 from toprovar_jax import testing
 from toprovar_jax.convert import common
 from toprovar_jax.convert import transformer as convert_transformer
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.models import transformer
+from toprovar_jax.parity import infinity as parity_infinity
 from toprovar_jax.sampling import runner
 from toprovar_jax.sampling import sampler as sampler_lib
 
@@ -34,7 +34,7 @@ def _setup(name):
     cond = dict(labels=jnp.asarray(ref["tf/labels"]))
   else:
     vparams = None
-    text, mask = parity._padded_text(ref, cfg)
+    text, mask = parity_infinity.padded_text(ref, cfg)
     cond = dict(text=text, text_mask=mask)
   return ref, cfg, tok, params, vparams, cond
 
