@@ -36,15 +36,25 @@ class LoadTest(absltest.TestCase):
       self.assertEqual(named.load_plan(path, _2B), plan)
 
   def test_validates_against_model(self):
-    path = named.plans_dir() / "infinity_2b_paper.json"
+    # A shipped plan is named by its name, a user's file by its path (the
+    # wrapped error keeps where the problem is).
     with self.assertRaisesWithLiteralMatch(
         plan_lib.PlanError,
-        f"plan file {str(path)!r}: plan 'infinity_2b_paper', field "
-        "'num_layers': plan has 32 layers, model 'infinity_8b' has depth 40"
-    ) as cm:
+        "plan 'infinity_2b_paper', field 'num_layers': plan has 32 layers, "
+        "model 'infinity_8b' has depth 40"):
       named.load_plan("infinity_2b_paper",
                       config_lib.get_variant("infinity_8b"))
-    # The wrapped error keeps where the problem is.
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, "mine.json")
+      with open(path, "w", encoding="utf-8") as f:
+        f.write((named.plans_dir() / "infinity_2b_paper.json").read_text(
+            encoding="utf-8"))
+      with self.assertRaisesWithLiteralMatch(
+          plan_lib.PlanError,
+          f"plan file {path!r}: plan 'infinity_2b_paper', field "
+          "'num_layers': plan has 32 layers, model 'infinity_8b' has depth "
+          "40") as cm:
+        named.load_plan(path, config_lib.get_variant("infinity_8b"))
     self.assertEqual((cm.exception.plan, cm.exception.field),
                      ("infinity_2b_paper", "num_layers"))
 

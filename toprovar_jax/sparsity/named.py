@@ -72,7 +72,9 @@ def load_plan(spec: Union[str, os.PathLike],
   if action is not None:
     return action
   path = pathlib.Path(spec_str)
-  if not (path.suffix == ".json" or os.sep in spec_str or path.exists()):
+  # A user's file is named in errors; a shipped plan by its name alone.
+  user_file = path.suffix == ".json" or os.sep in spec_str or path.exists()
+  if not user_file:
     if not _PLAN_NAME_RE.match(spec_str):
       raise plan_lib.PlanError(f"{spec_str!r} is not a plan name", field="plan")
     path = plans_dir() / f"{spec_str}.json"
@@ -86,6 +88,8 @@ def load_plan(spec: Union[str, os.PathLike],
     plan = reschedule.map_plan(codec.plan_from_json(d), cfg)
     return validation.validate_plan(plan, cfg)
   except plan_lib.PlanError as e:
+    if not user_file:
+      raise
     # The file is named too: a launch may read several plan files.
     err = plan_lib.PlanError(f"plan file {str(path)!r}: {e}")
     err.plan, err.scale, err.field = e.plan, e.scale, e.field
