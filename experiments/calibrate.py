@@ -10,9 +10,11 @@ Dense generation with every layer's attention entropy recorded, saved after
 every batch (an interrupted run resumes from --workdir), then the three
 levels; --target_ssim searches tau, rho*, alpha_min, alpha_max for the
 cheapest plan with that mean SSIM vs dense (frontier.json, frontier.png).
+Both generate on the config's mesh (`config.mesh`, default every device;
+the statistics are reduced on the host in global row order).
 Writes plan.json (`--config.sparsity.plan=WORKDIR/plan.json`),
-calibration.json, rho_s.png, layer_ratio.png, entropy_maps.png,
-kept_tokens.png and dense/NNNN.png.
+calibration.json (with the mesh), rho_s.png, layer_ratio.png,
+entropy_maps.png, kept_tokens.png and dense/NNNN.png.
 """
 
 import pathlib
@@ -61,6 +63,7 @@ def main(argv):
         entropy_from=_SOURCE.value)
     sampler = pipeline.sampler_from_config(config)
     model = sampler.model
+    mesh = pipeline.mesh_from_config(config)
     conditions = run_lib.read_conditions(run_flags.PROMPTS.value, model,
                                          num_images=run_flags.NUM_IMAGES.value,
                                          text_len=s.text_len)
@@ -71,7 +74,7 @@ def main(argv):
       config, jax.random.key(config.seed))
   run = dict(seed=run_flags.seed(config),
              batch_size=run_flags.batch_size(config),
-             cfg_scale=s.cfg_scale, tau=s.tau)
+             cfg_scale=s.cfg_scale, tau=s.tau, mesh=mesh)
   stats = run_lib.collect(sampler, params, vae_params, conditions, workdir,
                           rep_side=_REP.value,
                           fresh=run_flags.OVERWRITE.value, **run)
@@ -88,7 +91,7 @@ def main(argv):
   flops = flops_lib.plan_flops(cal.plan, model, text_tokens=s.text_len).total
   dense = flops_lib.dense_flops(model, text_tokens=s.text_len).total
   extra.update(flops=flops, dense_flops=dense, flop_speedup=dense / flops)
-  run_lib.write_report(workdir, stats, cal, extra=extra)
+  run_lib.write_report(workdir, stats, cal, mesh=mesh, extra=extra)
   logging.info("Plan %r: %.2fx fewer FLOPs -> %s", cal.plan.name,
                extra["flop_speedup"], workdir / "plan.json")
 

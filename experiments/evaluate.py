@@ -9,10 +9,12 @@ r"""Evaluates sparsity plans against dense on the same seeds (issue 13, item 6).
 --prompts: one caption (text models) or class id (VAR) per line. Each plan
 generates every prompt (--num_samples cycles them) with the same seed
 (image j: fold_in(key(seed), j)); dense is always run first, as the
-reference. Writes to --workdir, after all compute, as one set
-(`io.publish`: with --overwrite the previous run's outputs go, results.json
-last): results.json (per plan: flop_speedup, ssim, psnr, lpips, fd_alexnet,
-latency_s, ...), results.md (the table), frontier.png (SSIM vs FLOP
+reference. Plans run on the config's mesh (`config.mesh`, default every
+device); per-image plans (skipvar, adaptive:) run unsharded. Writes to
+--workdir, after all compute, as one set (`io.publish`: with --overwrite
+the previous run's outputs go, results.json last): results.json (the mesh;
+per plan: flop_speedup, ssim, psnr, lpips, fd_alexnet, latency_s, the
+mesh it ran on, ...), results.md (the table), frontier.png (SSIM vs FLOP
 reduction), grid.png (the first --grid_columns captions under every plan)
 and config.json. Bad input (unknown plan, unreadable or empty prompts
 file, a workdir holding files without --overwrite) stops with one line
@@ -76,9 +78,10 @@ def _setup(config):
   # 0 (configs/emoji.py's default) = all images in one batch.
   batch_size = runner.images_per_call(run_flags.batch_size(config),
                                       conditions.num_samples)
+  mesh = pipeline.mesh_from_config(config)
   workdir = io.prepare_workdir(run_flags.WORKDIR.value,
                                run_flags.OVERWRITE.value)
-  return gens, conditions, batch_size, workdir
+  return gens, conditions, batch_size, mesh, workdir
 
 
 def main(argv):
@@ -91,14 +94,15 @@ def main(argv):
   logging.info("JAX %s, %s; config:\n%s", jax.__version__, jax.devices(),
                config)
   with launch.input_phase():  # bad input: one line, nothing written
-    gens, conditions, batch_size, workdir = _setup(config)
+    gens, conditions, batch_size, mesh, workdir = _setup(config)
   seed = run_flags.seed(config)
   params, vae_params, source = pipeline.params_from_config(
       config, jax.random.key(config.seed))
   s = config.sampling
   results = plans.evaluate_plans(
       gens, params, vae_params, conditions, seed=seed, batch_size=batch_size,
-      cfg_scale=s.cfg_scale, tau=s.tau, lpips_params=lpips.load_params())
+      cfg_scale=s.cfg_scale, tau=s.tau, lpips_params=lpips.load_params(),
+      mesh=mesh)
 
   # Everything is computed; now publish the set (io.publish: the previous
   # run's record and outputs replaced, results.json last).
@@ -107,7 +111,8 @@ def main(argv):
   record = plans.results_record(
       results, config=config.to_dict(), seed=seed,
       prompts_file=run_flags.PROMPTS.value, conditions=conditions,
-      batch_size=batch_size, files=files, params_source=source.transformer,
+      batch_size=batch_size, files=files, mesh=mesh,
+      params_source=source.transformer,
       tokenizer_source=source.tokenizer, wall_s=time.perf_counter() - t0)
   io.publish(workdir, {
       files["grid"]: io.png_writer(plans.grid_image(

@@ -15,6 +15,7 @@ from absl.testing import absltest
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
+from toprovar_jax import sharding
 from toprovar_jax.evaluation import plans
 from toprovar_jax.metrics import lpips
 from toprovar_jax.models import config as config_lib
@@ -47,12 +48,13 @@ def _images(seed, noise):
 def _fake(spec, noise, flops, per_image=None, calls=None):
   """A generator whose images depend on the seed (+ noise by the plan)."""
   def run(params, vae_params, conditions, *, seed, batch_size, cfg_scale,
-          tau):
+          tau, mesh):
     if calls is not None:
-      calls.append((spec, seed, batch_size, cfg_scale, tau))
+      calls.append((spec, seed, batch_size, cfg_scale, tau, mesh))
     kw = dict(images=_images(seed, noise), seed=seed, batches=(0, 0),
               rows=(0, 1), timings=dict(compile_generate_s=2.0,
-                                        generate_s=0.5, decode_s=0.1))
+                                        generate_s=0.5, decode_s=0.1),
+              mesh=None if mesh is None else sharding.mesh_axes(mesh))
     if per_image is None:
       return runner.Output(**kw)
     return _OutputWithFlops(flops_per_image=np.asarray(per_image), **kw)
@@ -139,6 +141,7 @@ class EvaluatePlansTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.calls = []
+    cls.mesh = sharding.make_mesh()  # 4 fake CPU devices (conftest)
     cls.conditions = plans.make_conditions(
         config_lib.get_variant(_MODEL), ("a", "b"), num_samples=0, text_len=8)
     gens = (_fake("dense", 0.0, 8e9, calls=cls.calls),
@@ -147,10 +150,15 @@ class EvaluatePlansTest(absltest.TestCase):
                   calls=cls.calls))
     cls.results = plans.evaluate_plans(
         gens, None, None, cls.conditions, seed=7, batch_size=2, cfg_scale=3.0,
-        tau=0.5, lpips_params=lpips.load_params())
+        tau=0.5, lpips_params=lpips.load_params(), mesh=cls.mesh)
 
   def test_same_seed_and_settings_for_every_plan(self):
-    self.assertEqual([c[1:] for c in self.calls], [(7, 2, 3.0, 0.5)] * 3)
+    self.assertEqual([c[1:5] for c in self.calls], [(7, 2, 3.0, 0.5)] * 3)
+
+  def test_per_image_plans_run_unsharded(self):
+    # runner.generate_images refuses a mesh of >1 device for prefix /
+    # suffix programs: the adaptive plan gets none instead of failing.
+    self.assertEqual([c[5] for c in self.calls], [self.mesh, self.mesh, None])
 
   def test_scores_flops_and_latency(self):
     dense, noisy, adaptive = self.results
@@ -169,8 +177,14 @@ class EvaluatePlansTest(absltest.TestCase):
     record = plans.results_record(
         self.results, config={"model": _MODEL}, seed=7, prompts_file="p.txt",
         conditions=self.conditions, batch_size=2,
-        files={"table": "results.md", "grid": "grid.png"}, wall_s=1.5)
+        files={"table": "results.md", "grid": "grid.png"}, mesh=self.mesh,
+        wall_s=1.5)
     record = json.loads(json.dumps(record, allow_nan=False))
+    self.assertEqual((record["mesh"], record["device_count"]),
+                     ({"data": 4}, 4))
+    self.assertEqual([p["mesh"] for p in record["plans"]],
+                     [{"data": 4}, {"data": 4}, None])
+    self.assertIn("null = unsharded", record["notes"]["mesh"])
     # Every file beside results.json, sorted (what io.publish checks).
     self.assertEqual(record["outputs"], ["grid.png", "results.md"])
     self.assertEqual([p["name"] for p in record["plans"]],

@@ -1,8 +1,10 @@
 """End to end: `experiments/calibrate.py` on configs/tiny.py (infinity_tiny).
 
-Two calibration images (random weights) and the default levels; the
-plan.json loads as `config.sparsity.plan` and is what calibration.json
-describes. (Budget mode's pieces: tests/evaluation/.)
+Two calibration images (random weights) and the default levels, on the
+default mesh (the 4 fake CPU devices of conftest; calibration.json records
+it); the plan.json loads as `config.sparsity.plan` and is what
+calibration.json describes. (Budget mode's pieces and 1 vs 4 devices:
+tests/evaluation/calibration_test.py.)
 """
 
 import json
@@ -45,6 +47,8 @@ class CalibrateMainTest(absltest.TestCase):
       self.assertLen(list((work / "dense").iterdir()), 2)
       rec = json.loads((work / "calibration.json").read_text())
       self.assertEqual(rec["num_images"], 2)
+      self.assertEqual((rec["mesh"], rec["device_count"],
+                        rec["process_count"]), ({"data": 4}, 4, 1))
       self.assertEqual(rec["depth"], 4)
       self.assertEqual(rec["config"]["min_scale"], 4)
       model = config_lib.get_variant("infinity_tiny")

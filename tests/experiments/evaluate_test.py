@@ -1,10 +1,12 @@
 """End to end: `experiments/evaluate.py` on the tiny Infinity config.
 
-One run (random weights, 2 captions, one batch) with three plans: dense,
-a JSON copy of dense under another name (same seeds: the same images) and
-a JSON plan that skips the last two scales and drops guidance from scale 3
-(its FLOP reduction must be the flops module's). Bad input stops with one
-line naming the field, before any compute, with nothing written.
+One run (random weights, 2 captions, one batch) on the default mesh (the
+4 fake CPU devices of conftest) with four plans: dense, a JSON copy of
+dense under another name (same seeds: the same images), a JSON plan that
+skips the last two scales and drops guidance from scale 3 (its FLOP
+reduction must be the flops module's) and an adaptive (per-image) plan,
+which runs unsharded; results.json records the mesh. Bad input stops with
+one line naming the field, before any compute, with nothing written.
 """
 
 import contextlib
@@ -74,8 +76,15 @@ class EvaluateTest(absltest.TestCase):
     cls.sparse_path = os.path.join(cls.root, "sparse.json")
     with open(cls.sparse_path, "w") as f:
       f.write(codec.plan_to_json(cls.sparse))
+    # Per image: dense, or skip the last two scales (decided at scale 5).
+    cls.adaptive = os.path.join(cls.root, "adaptive.json")
+    with open(cls.adaptive, "w") as f:
+      json.dump(dict(name="tiny_adaptive", decision_scale=5,
+                     statistic_scales=[3, 4],
+                     plans=["dense", "skipvar_skip2"], thresholds=[0.5]), f)
     cls.workdir = os.path.join(cls.root, "run")
-    _run(cls.workdir, cls.prompts, f"{cls.copy},dense,{cls.sparse_path}")
+    _run(cls.workdir, cls.prompts,
+         f"{cls.copy},dense,{cls.sparse_path},adaptive:{cls.adaptive}")
     cls.results = _strict_json(os.path.join(cls.workdir, "results.json"))
 
   @classmethod
@@ -96,7 +105,7 @@ class EvaluateTest(absltest.TestCase):
     self.assertEqual(r["config"]["model"]["variant"], _MODEL)
     self.assertEqual(r["platform"], "cpu")
     self.assertEqual([p["name"] for p in r["plans"]],
-                     ["dense", "dense_copy", "sparse_json"])
+                     ["dense", "dense_copy", "sparse_json", "tiny_adaptive"])
     for p in r["plans"]:
       self.assertGreater(p["latency_s"], 0.0)
       self.assertGreater(p["compile_s"], 0.0)
@@ -107,8 +116,19 @@ class EvaluateTest(absltest.TestCase):
       with Image.open(os.path.join(self.workdir, name)) as img:
         if size:
           self.assertEqual(img.size, size)
-        else:  # 3 plan rows and 2 caption columns of 256 px tiles
-          self.assertEqual(img.size, (220 + 2 * 258 + 2, 48 + 3 * 258 + 2))
+        else:  # 4 plan rows and 2 caption columns of 256 px tiles
+          self.assertEqual(img.size, (220 + 2 * 258 + 2, 48 + 4 * 258 + 2))
+
+  def test_the_mesh_is_recorded(self):
+    r = self.results
+    self.assertEqual((r["mesh"], r["device_count"], r["process_count"]),
+                     ({"data": 4}, 4, 1))
+    # Static plans ran on the 4 devices; the per-image plan, whose prefix /
+    # suffix programs run only unsharded, on one (mesh null) instead of
+    # failing the evaluation.
+    self.assertEqual([p["mesh"] for p in r["plans"]],
+                     [{"data": 4}] * 3 + [None])
+    self.assertEqual(r["plans"][3]["spec"], f"adaptive:{self.adaptive}")
 
   def test_dense_and_its_copy_are_the_reference(self):
     # The copy is another program with the same seeds: the same images.

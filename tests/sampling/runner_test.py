@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toprovar_jax import sharding
 from toprovar_jax import testing
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sampling import conditions as conditions_lib
@@ -161,6 +162,25 @@ class GenerateImagesTest(absltest.TestCase):
         r"\(every layer's output is finite\)"):
       runner.generate_images(_sampler(cfg, plan), params=bad, vae_params=vae,
                              conditions=cond, **kw)
+
+  def test_place_run_rounds_rows_up_and_replicates_all_but_rows(self):
+    _, params, vae, _, _ = _setup()
+    plain = runner.place_run(params, vae, batch_size=3, cfg_scale=3.0,
+                             tau=0.5, mesh=None)
+    self.assertIs(plain.params, params)
+    self.assertEqual(plain.rows, 3)
+    self.assertEqual([float(g) for g in plain.guidance], [3.0, 0.5])
+    mesh = sharding.make_mesh()  # 4 fake CPU devices (conftest)
+    placed = runner.place_run(params, vae, batch_size=3, cfg_scale=3.0,
+                              tau=0.5, mesh=mesh)
+    self.assertEqual(placed.rows, 4)  # a multiple of the data axis
+    # A data-only mesh: every parameter, tokenizer leaf and guidance
+    # scalar whole on every device.
+    for leaf in jax.tree.leaves((placed.params, placed.vae_params,
+                                 placed.guidance)):
+      self.assertTrue(leaf.sharding.is_fully_replicated)
+      self.assertLen(leaf.sharding.device_set, 4)
+    jax.tree.map(np.testing.assert_array_equal, placed.params, params)
 
   def test_plan_slug(self):
     self.assertEqual(runner.plan_slug("a/b c~frequency"), "a_b_c_frequency")

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
+import jax
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
@@ -175,18 +176,20 @@ def frontier_record(cands: Sequence[Candidate], best: Optional[Candidate],
 
 
 def ssim_evaluator(sampler, params, vae_params, conditions, reference, *,
-                   seed: int, batch_size: int, cfg_scale: float, tau: float
+                   seed: int, batch_size: int, cfg_scale: float, tau: float,
+                   mesh: Optional[jax.sharding.Mesh] = None
                    ) -> Callable[[plan_lib.SparsityPlan], float]:
   """`evaluate(plan)`: mean SSIM (11x11 Gaussian, [0, 1] units) of the
   plan's images against `reference` (N, H, W, 3) uint8, the dense images of
-  the same seeds; plain sampling (no entropy recorded)."""
+  the same seeds; plain sampling (no entropy recorded), sharded on `mesh`
+  (None = unsharded; `runner.generate_images`)."""
   sampling = dataclasses.replace(sampler.sampling, record_entropy=False)
 
   def evaluate(plan):
     out = runner.generate_images(
         dataclasses.replace(sampler, plan=plan, sampling=sampling), params,
         vae_params, conditions, seed=seed, batch_size=batch_size,
-        cfg_scale=cfg_scale, tau=tau)
+        cfg_scale=cfg_scale, tau=tau, mesh=mesh)
     return float(np.mean(image_metrics.ssim(
         out.images.astype(np.float32) / 255.0,
         np.asarray(reference, np.float32) / 255.0)))

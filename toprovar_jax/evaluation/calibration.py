@@ -13,6 +13,16 @@ same (an image's noise depends on its index only), so the statistics equal
 an uninterrupted run's. `write_report` writes plan.json,
 calibration.json and the four figures.
 
+On a mesh (SPEC §10) the batch is generated sharded as
+`runner.generate_images` does, and every batch's images and per-layer
+entropies come back to the host in global row order, the padding rows
+dropped (`sharding.gather_rows`); the statistics are then folded on the
+host in float64, image by image, so they are the same whatever the device
+count — up to how XLA's CPU kernels round a row: a dot's result depends on
+how many rows it multiplies at once (rows per device), by ~1 float32 ulp
+in the entropies. Runs with the same rows per device are bit for bit equal
+(tests/evaluation/calibration_test.py measures both).
+
 Dimension letters: N images, B batch, L layers, H, W image size.
 """
 
@@ -26,11 +36,14 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from absl import logging
+import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 from PIL import Image
 
 from toprovar_jax import io
+from toprovar_jax import sharding
 from toprovar_jax.metrics import charts
 from toprovar_jax.ops import resample
 from toprovar_jax.sampling import conditions as conditions_lib
@@ -88,7 +101,8 @@ def collect(sampler: sampler_lib.Sampler, params, vae_params,
             seed: int, batch_size: int, cfg_scale: float, tau: float,
             rep_side: int = 12, num_samples: int = 4,
             on_batch: Optional[Callable[[int], None]] = None,
-            fresh: bool = False) -> stats_lib.EntropyStatistics:
+            fresh: bool = False, mesh: Optional[Mesh] = None
+            ) -> stats_lib.EntropyStatistics:
   """Statistics of `conditions.num_samples` dense images, resumable.
 
   Args:
@@ -104,12 +118,18 @@ def collect(sampler: sampler_lib.Sampler, params, vae_params,
     num_samples: images whose full entropy is kept (kept-token figure).
     on_batch: called with the batch index after each batch is saved.
     fresh: start again, ignoring (then replacing) a saved state.
+    mesh: generate sharded on it as `runner.generate_images` does (rows
+      over its data axis, `batch_size` rounded up to a multiple of it);
+      None = the unsharded program. The statistics do not depend on it
+      beyond float32 rounding of XLA's kernels (module docstring).
 
   Returns:
     The statistics of all N images.
 
   Raises:
     ValueError: a saved state of another run (fingerprint), batch_size < 0.
+    runner.NonFiniteError: a batch's layers or logits were NaN / Inf (the
+      batches before it stay saved).
   """
   n = conditions.num_samples
   batch_size = runner.images_per_call(batch_size, n)
@@ -132,20 +152,31 @@ def collect(sampler: sampler_lib.Sampler, params, vae_params,
   if start >= n:
     return stats
   (workdir / DENSE_DIR).mkdir(exist_ok=True)
+  params, vae_params, batch_size, guidance = runner.place_run(
+      params, vae_params, batch_size=batch_size, cfg_scale=cfg_scale,
+      tau=tau, mesh=mesh)
   vae_arg = vae_params if model.style == "var" else None
-  guidance = (jnp.float32(cfg_scale), jnp.float32(tau))
   slots = lambda j: range(start + j * batch_size, start + (j + 1) * batch_size)
-  keys, cond = runner.batch_inputs(sampler, conditions, slots(0), seed=seed)
-  compiled = runner.compile_generate(sampler, params, vae_arg, keys, cond,
-                                     options=runner.compiler_options())
+  inputs = lambda j: runner.batch_inputs(sampler, conditions, slots(j),
+                                         seed=seed, mesh=mesh)
+  compiled = runner.compile_generate(sampler, params, vae_arg, *inputs(0),
+                                     options=runner.compiler_options(),
+                                     mesh=mesh)
   num_batches = -(-(n - start) // batch_size)
   t0 = time.perf_counter()
   for j in range(num_batches):
-    keys, cond = runner.batch_inputs(sampler, conditions, slots(j), seed=seed)
+    keys, cond = inputs(j)
     out = compiled.fn(params, vae_arg, keys, *guidance, **cond)
-    images = np.asarray(runner.decode(sampler, vae_params, out.latent))
+    runner.check_finite(sampler, out.finite, batch=j, saved=(
+        f"the {stats.num_images} images before it stay saved in {STATE}"
+        if stats.num_images else "nothing was saved"))
     rows = min(batch_size, n - stats.num_images)
-    stats.add_batch([np.asarray(e) for e in out.entropy], rows)
+    # Host copies in global row order, the padding rows of the last batch
+    # dropped: the statistics fold the same numbers on any mesh.
+    images = sharding.gather_rows(
+        runner.decode(sampler, vae_params, out.latent), num_rows=rows)
+    stats.add_batch(sharding.gather_rows(out.entropy, axis=1, num_rows=rows),
+                    rows)
     for r in range(rows):
       io.write_png_atomic(workdir / DENSE_DIR /
                           f"{stats.num_images - rows + r:04d}.png", images[r])
@@ -202,9 +233,15 @@ def write_frontier(workdir: pathlib.Path, record: Dict[str, Any]) -> None:
 
 def write_report(workdir: pathlib.Path, stats: stats_lib.EntropyStatistics,
                  cal: calibration_lib.Calibration, *,
+                 mesh: Optional[Mesh] = None,
                  extra: Optional[Dict[str, Any]] = None) -> None:
   """plan.json, calibration.json, rho_s / layer_ratio / entropy_maps /
-  kept_tokens PNGs (each atomically; calibration.json last)."""
+  kept_tokens PNGs (each atomically; calibration.json last).
+
+  calibration.json records the `mesh` this run generated on ({"data": 4};
+  null = unsharded) and the device and process counts, as results.json of
+  a generate run does.
+  """
   io.write_text_atomic(workdir / "plan.json", codec.plan_to_json(cal.plan))
   io.write_png_atomic(workdir / "rho_s.png", charts.rho_chart(
       cal.rho, cal.config.tau, cal.depth_rise, cal.depth_fall, cal.depth))
@@ -222,7 +259,10 @@ def write_report(workdir: pathlib.Path, stats: stats_lib.EntropyStatistics,
         images, masks))
   record = dict(cal.to_json(), num_images=stats.num_images,
                 mean_entropy=stats.mean_entropy().tolist(),
-                fingerprint=stats.fingerprint, plan_file="plan.json")
+                fingerprint=stats.fingerprint, plan_file="plan.json",
+                mesh=None if mesh is None else sharding.mesh_axes(mesh),
+                device_count=jax.device_count(),
+                process_count=jax.process_count())
   record.update(extra or {})
   io.write_json_atomic(workdir / "calibration.json",
                        json.loads(json.dumps(record, allow_nan=False)))

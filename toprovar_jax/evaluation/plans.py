@@ -7,7 +7,10 @@ fold_in(key(seed), j)), so image j of a plan and image j of dense differ
 only by the plan. Each plan is then scored against dense
 (`metrics.fidelity`: SSIM, PSNR, LPIPS, fd_alexnet), costed (analytic FLOPs,
 `toprovar_jax.flops`; per image from the run when its Output reports
-`flops_per_image`, as per-image plan choices do) and timed.
+`flops_per_image`, as per-image plan choices do) and timed. On a mesh
+(SPEC §10) static plans run sharded; per-image plans run unsharded (their
+prefix / suffix programs have no sharded form), and each plan's record
+says which.
 
   parse_plan_specs   '--plans' text -> specs, dense first
   read_prompts       a prompts file -> its non-blank lines
@@ -39,6 +42,7 @@ import jax
 import numpy as np
 
 from toprovar_jax import flops as flops_lib
+from toprovar_jax import sharding
 from toprovar_jax.metrics import fidelity as fidelity_lib
 from toprovar_jax.metrics import figures
 from toprovar_jax.metrics import scatter
@@ -62,6 +66,10 @@ FD_NOTE = ("fd_alexnet: Frechet distance between the Gaussian fits of the "
            "<= N-1), comparable only between plans on the same N images")
 PSNR_NOTE = ("psnr: dB of the mean squared error over all images vs dense "
              "(peak 255); null = +inf (every image identical to dense)")
+MESH_NOTE = ("mesh: the device mesh of the run ({'data': N}: rows split "
+             "over N devices); a plan's own mesh is the one it ran on, null "
+             "= unsharded on one device, as per-image plans (skipvar, "
+             "adaptive:) always run")
 LATENCY_NOTE = ("latency_s: seconds per image of the generate + decode "
                 "calls after the ahead-of-time compile (compile_s, timed "
                 "apart); flop_speedup: analytic transformer FLOPs of dense / "
@@ -140,9 +148,10 @@ class PlanGenerator:
     spec: the plan spec as listed in '--plans'.
     name: the plan's name (grid rows, results).
     run: run(params, vae_params, conditions, *, seed, batch_size,
-      cfg_scale, tau) -> `runner.Output` (image j from fold_in(key(seed),
-      j)). An Output with a `flops_per_image` attribute ((N,) or scalar)
-      gives the FLOPs per image; else `flops` is used.
+      cfg_scale, tau, mesh) -> `runner.Output` (image j from
+      fold_in(key(seed), j); mesh as `runner.generate_images`'). An Output
+      with a `flops_per_image` attribute ((N,) or scalar) gives the FLOPs
+      per image; else `flops` is used.
     flops: analytic transformer FLOPs per image, or None when only the run
       knows them (per-image plans).
   """
@@ -256,7 +265,8 @@ def _flops_per_image(gen: PlanGenerator, output: runner.Output) -> float:
 def evaluate_plans(generators: Sequence[PlanGenerator], params, vae_params,
                    conditions: conditions_lib.Conditions, *, seed: int,
                    batch_size: int, cfg_scale: float, tau: float,
-                   lpips_params) -> Tuple[PlanResult, ...]:
+                   lpips_params, mesh: Optional[jax.sharding.Mesh] = None
+                   ) -> Tuple[PlanResult, ...]:
   """Generates with every plan (same seed and conditions) and scores it.
 
   Args:
@@ -266,6 +276,10 @@ def evaluate_plans(generators: Sequence[PlanGenerator], params, vae_params,
     conditions: the N conditions.
     seed, batch_size, cfg_scale, tau: as for `runner.generate_images`.
     lpips_params: `metrics.lpips.load_params()`.
+    mesh: static plans run sharded on it; per-image plans (`is_dynamic`:
+      prefix / suffix programs, which `runner.generate_images` runs only
+      unsharded) get None, so they run on one device instead of failing
+      the evaluation (their record's mesh is null).
 
   Returns:
     P PlanResults in the order of `generators`.
@@ -277,7 +291,8 @@ def evaluate_plans(generators: Sequence[PlanGenerator], params, vae_params,
     logging.info("Plan %r (%s): %d images", gen.name, gen.spec,
                  conditions.num_samples)
     output = gen.run(params, vae_params, conditions, seed=seed,
-                     batch_size=batch_size, cfg_scale=cfg_scale, tau=tau)
+                     batch_size=batch_size, cfg_scale=cfg_scale, tau=tau,
+                     mesh=None if is_dynamic(gen.spec) else mesh)
     fl = _flops_per_image(gen, output)
     if reference is None:
       reference, dense_flops = output.images, fl
@@ -301,7 +316,7 @@ def _plan_record(r: PlanResult) -> Dict[str, Any]:
       compile_s=r.compile_s, identical_images=s["identical_images"],
       per_image_ssim=s["per_image_ssim"],
       per_image_lpips=s["per_image_lpips"],
-      timings=dict(r.output.timings))
+      mesh=r.output.mesh, timings=dict(r.output.timings))
 
 
 def captions(conditions: conditions_lib.Conditions) -> Tuple[str, ...]:
@@ -315,10 +330,13 @@ def results_record(results: Sequence[PlanResult], *, config: Dict[str, Any],
                    seed: int, prompts_file: str,
                    conditions: conditions_lib.Conditions,
                    batch_size: int, files: Dict[str, str],
+                   mesh: Optional[jax.sharding.Mesh] = None,
                    **extra: Any) -> Dict[str, Any]:
   """The JSON-ready results.json (no NaN / Inf: PSNR +inf is null);
   `extra` (JSON types, e.g. where the weights came from) is added.
-  "outputs" lists the `files` (sorted), the set `io.publish` writes."""
+  "outputs" lists the `files` (sorted), the set `io.publish` writes;
+  "mesh" the run's `mesh` ({"data": 4}; null = unsharded), with the
+  device and process counts as a generate run's results.json."""
   labels = conditions.labels
   return dict(**extra,
       reference=REFERENCE, config=config, seed=seed,
@@ -330,11 +348,14 @@ def results_record(results: Sequence[PlanResult], *, config: Dict[str, Any],
       image_shape=list(results[0].output.images.shape[1:]),
       text_features=conditions.text_features or None,
       device=str(jax.devices()[0]), platform=jax.default_backend(),
-      num_devices=jax.device_count(), jax_version=jax.__version__,
+      mesh=None if mesh is None else sharding.mesh_axes(mesh),
+      device_count=jax.device_count(), process_count=jax.process_count(),
+      jax_version=jax.__version__,
       compiler_options=runner.compiler_options(),
       plans=[_plan_record(r) for r in results], files=dict(files),
       outputs=sorted(files.values()),
-      notes=dict(fd_alexnet=FD_NOTE, psnr=PSNR_NOTE, latency=LATENCY_NOTE))
+      notes=dict(fd_alexnet=FD_NOTE, psnr=PSNR_NOTE, latency=LATENCY_NOTE,
+                 mesh=MESH_NOTE))
 
 
 def _num(v: Optional[float], fmt: str, none: str = "n/a") -> str:

@@ -11,6 +11,8 @@ timed apart from the runs.
   image_keys        the seeding rule: image j gets fold_in(key(seed), j)
   batch_inputs      one batch's row keys and condition arrays
   compile_generate  `Sampler.generate` lowered and compiled ahead of time
+  place_run         weights, rows per call and guidance placed for a mesh
+  check_finite      a batch's NaN / Inf flags -> NonFiniteError
   generate_images   N conditions -> Output (uint8 images, timings)
   decode            a Generation's latent -> uint8 images
   run_plans         generate_images for several plans, same seeds / inputs
@@ -33,7 +35,7 @@ import dataclasses
 import functools
 import re
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -246,9 +248,11 @@ class NonFiniteError(ValueError):
   """Generation produced NaN / Inf (SPEC §11); the message names where."""
 
 
-def check_finite(sampler: sampler_lib.Sampler, finite, *, batch: int) -> None:
+def check_finite(sampler: sampler_lib.Sampler, finite, *, batch: int,
+                 saved: str = "nothing was written") -> None:
   """Raises NonFiniteError at the first scale whose layers or logits were
   not finite (`Generation.finite`, (S_gen, L + 1) bool; None = not checked).
+  `saved` ends the message: what of the run is on disk.
   """
   if finite is None:
     return
@@ -264,7 +268,38 @@ def check_finite(sampler: sampler_lib.Sampler, finite, *, batch: int) -> None:
   raise NonFiniteError(
       f"non-finite values (NaN/Inf) at scale {si} ({h}x{w}), first in {where}, "
       f"batch {batch}, plan {sampler.resolved_plan.name!r}: check the "
-      "weights; nothing was written")
+      f"weights; {saved}")
+
+
+class PlacedRun(NamedTuple):
+  """A run's arguments where its program reads them (`place_run`)."""
+  params: Any
+  vae_params: Any
+  rows: int  # per generate call
+  guidance: Tuple[Array, Array]  # (cfg_scale, tau) float32 scalars
+
+
+def place_run(params, vae_params, *, batch_size: int, cfg_scale: float,
+              tau: float, mesh: Optional[jax.sharding.Mesh]) -> PlacedRun:
+  """Weights, rows per call and guidance of a run on `mesh`.
+
+  Without a mesh: as given (the default device). With one: `batch_size`
+  rounded up to a multiple of its data axis (`sharding.rows_per_call`: the
+  extra rows are the run's next images, or padding in its last batch),
+  transformer params placed by its rules (`sharding.put_params`), the
+  tokenizer and the guidance replicated. What `generate_images` and the
+  calibration run (`evaluation.calibration.collect`) share.
+  """
+  guidance = (jnp.float32(cfg_scale), jnp.float32(tau))
+  if mesh is None:
+    return PlacedRun(params, vae_params, batch_size, guidance)
+  rows = sharding.rows_per_call(batch_size, mesh)
+  if rows != batch_size:
+    logging.info("batch_size %d -> %d rows per call (a multiple of the "
+                 "mesh's data axis)", batch_size, rows)
+  return PlacedRun(sharding.put_params(params, mesh),
+                   sharding.put_replicated(vae_params, mesh), rows,
+                   sharding.put_replicated(guidance, mesh))
 
 
 def images_per_call(batch_size: int, num_images: int) -> int:
@@ -342,19 +377,11 @@ def generate_images(sampler, params, vae_params,
   if conditions.text_mask is not None:
     inputs.check_text_mask(np.asarray(conditions.text_mask))
   n = conditions.num_samples
-  if mesh is not None:
-    rows = sharding.rows_per_call(batch_size, mesh)
-    if rows != batch_size:
-      logging.info("batch_size %d -> %d rows per call (a multiple of the "
-                   "mesh's data axis)", batch_size, rows)
-    batch_size = rows
-    params = sharding.put_params(params, mesh)
-    vae_params = sharding.put_replicated(vae_params, mesh)
+  params, vae_params, batch_size, guidance = place_run(
+      params, vae_params, batch_size=batch_size, cfg_scale=cfg_scale,
+      tau=tau, mesh=mesh)
   num_batches = -(-n // batch_size)
   slots = lambda j: range(j * batch_size, (j + 1) * batch_size)
-  guidance = (jnp.float32(cfg_scale), jnp.float32(tau))
-  if mesh is not None:
-    guidance = sharding.put_replicated(guidance, mesh)
 
   # AOT compile, timed apart from the runs.
   keys, cond = batch_inputs(sampler, conditions, slots(0), seed=seed,
