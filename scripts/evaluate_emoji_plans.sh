@@ -22,11 +22,14 @@ python -m experiments.calibrate --config=configs/emoji.py --prompts=$train \
   --num_images="$CAL_N" --batch_size=8 --workdir="$W/calib"
 plans="dense,fastvar,skipvar,adaptive,skipvar_skip1,emoji_default,emoji_paper,$W/calib/plan.json"
 for t in $TARGETS; do
-  rm -rf "$W/calib_$t"
-  cp -r "$W/calib" "$W/calib_$t"
-  python -m experiments.calibrate --config=configs/emoji.py --prompts=$train \
-    --num_images="$CAL_N" --batch_size=8 --workdir="$W/calib_$t" \
-    --target_ssim="$t" --max_evals="$MAX_EVALS"
+  # A finished search (frontier.json) is kept: a rerun goes on from there.
+  if [[ ! -f "$W/calib_$t/frontier.json" ]]; then
+    rm -rf "$W/calib_$t"
+    cp -r "$W/calib" "$W/calib_$t"
+    python -m experiments.calibrate --config=configs/emoji.py \
+      --prompts=$train --num_images="$CAL_N" --batch_size=8 \
+      --workdir="$W/calib_$t" --target_ssim="$t" --max_evals="$MAX_EVALS"
+  fi
   plans="$plans,$W/calib_$t/plan.json"
 done
 t1=$(date +%s)

@@ -117,14 +117,17 @@ class ResolverTest(absltest.TestCase):
 
   def test_per_image_specs_go_to_the_hand_off(self):
     base = _base()
-    for spec in ("skipvar", "adaptive:/x/plans.json"):
+    # Every spec pipeline.generator_from_spec builds a Branching for.
+    for spec in ("skipvar", "adaptive", "skipvar:/x/c.json",
+                 "adaptive:/x/plans.json"):
       self.assertTrue(plans.is_dynamic(spec))
       with self.assertRaisesRegex(ValueError, f"^--plans: '{spec}' chooses"):
         plans.resolve_generator(spec, base)
       got = plans.resolve_generator(
           spec, base, dynamic=lambda s: _fake(s, 0.0, None))
       self.assertEqual(got.spec, spec)
-    self.assertFalse(plans.is_dynamic("skipvar_skip1"))
+    for static in ("skipvar_skip1", "adaptive_plan.json", "dense"):
+      self.assertFalse(plans.is_dynamic(static))
 
   def test_plan_names_must_differ(self):
     base = _base()

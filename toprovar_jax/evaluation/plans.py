@@ -57,8 +57,10 @@ from toprovar_jax.sparsity import plan as plan_lib
 REFERENCE = "dense"
 # Specs whose plan is chosen per image at run time (a classifier or the
 # image's own entropy at a decision scale): no single static plan.
-DYNAMIC_SPECS = ("skipvar",)
-DYNAMIC_PREFIXES = ("adaptive:",)
+# The same specs as `pipeline.generator_from_spec`: the bare names take the
+# model's shipped decision, NAME:PATH a file.
+DYNAMIC_SPECS = ("skipvar", "adaptive")
+DYNAMIC_PREFIXES = ("skipvar:", "adaptive:")
 FD_NOTE = ("fd_alexnet: Frechet distance between the Gaussian fits of the "
            "plan's and dense's LPIPS AlexNet features (5 unit-normalised "
            "taps, position-averaged, 1152-d); NOT FID and not comparable to "
@@ -81,7 +83,8 @@ def _fail(field: str, message: str):
 
 
 def is_dynamic(spec: str) -> bool:
-  """Whether a spec chooses its plan per image ('skipvar', 'adaptive:…')."""
+  """Whether a spec chooses its plan per image ('skipvar', 'adaptive',
+  'skipvar:PATH', 'adaptive:PATH')."""
   return spec in DYNAMIC_SPECS or spec.startswith(DYNAMIC_PREFIXES)
 
 
