@@ -83,9 +83,13 @@ def main(argv):
     evaluate = budget.ssim_evaluator(
         sampler, params, vae_params, conditions,
         run_lib.dense_images(workdir, conditions.num_samples), **run)
+    # Plans an earlier search on these statistics generated (a copied
+    # workdir's frontier.json) are not generated again.
+    known = ({} if run_flags.OVERWRITE.value else
+             budget.known_ssim(run_lib.read_frontier(workdir)))
     cal, record = budget.budget_plan(
         stats, model, base, evaluate, target=_TARGET.value,
-        max_evals=_MAX_EVALS.value, text_tokens=s.text_len)
+        max_evals=_MAX_EVALS.value, text_tokens=s.text_len, known=known)
     run_lib.write_frontier(workdir, record)
     extra["budget"] = dict(record, plans=None)
   flops = flops_lib.plan_flops(cal.plan, model, text_tokens=s.text_len).total

@@ -21,16 +21,20 @@ t0=$(date +%s)
 python -m experiments.calibrate --config=configs/emoji.py --prompts=$train \
   --num_images="$CAL_N" --batch_size=8 --workdir="$W/calib"
 plans="dense,fastvar,skipvar,adaptive,skipvar_skip1,emoji_default,emoji_paper,$W/calib/plan.json"
+prev="$W/calib"
 for t in $TARGETS; do
   # A finished search (frontier.json) is kept: a rerun goes on from there.
+  # Each target starts from a copy of the previous one's workdir, so the
+  # plans already generated (its frontier.json) are reused, not generated.
   if [[ ! -f "$W/calib_$t/frontier.json" ]]; then
     rm -rf "$W/calib_$t"
-    cp -r "$W/calib" "$W/calib_$t"
+    cp -r "$prev" "$W/calib_$t"
     python -m experiments.calibrate --config=configs/emoji.py \
       --prompts=$train --num_images="$CAL_N" --batch_size=8 \
       --workdir="$W/calib_$t" --target_ssim="$t" --max_evals="$MAX_EVALS"
   fi
   plans="$plans,$W/calib_$t/plan.json"
+  prev="$W/calib_$t"
 done
 t1=$(date +%s)
 python -m experiments.evaluate --config=configs/emoji.py --prompts=$heldout \

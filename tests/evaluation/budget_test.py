@@ -87,6 +87,39 @@ class BudgetTest(absltest.TestCase):
     self.assertIsNone(cal.depth)
     self.assertTrue(all(sp.layers == "FFFF" for sp in cal.plan.scales))
 
+  def test_known_plans_are_reused_and_the_cheapest_known_wins(self):
+    # A first search on these statistics; its record feeds a second one.
+    target = float(np.median([fake_ssim(c.calibration.plan)
+                              for c in self.cands()]))
+    first = self.cands()
+    best1 = budget.search(first, fake_ssim, target=target)
+    rec = budget.frontier_record(first, best1, dense_flops=DENSE,
+                                 target=target)
+    known = budget.known_ssim(rec)
+    self.assertLen(known, len(rec["plans"]))
+    # The same target again: nothing is generated, the same plan is chosen.
+    calls = []
+    again = budget.search(self.cands(), lambda p: calls.append(p) or 0.0,
+                          target=target, known=known)
+    self.assertEqual(calls, [])
+    self.assertEqual(again.flops, best1.flops)
+    self.assertTrue(again.reused)
+    # Non-monotone SSIM: the cheapest candidate scores high but the
+    # bisection never visits it; known, it wins over what the search finds.
+    cands = self.cands()
+    cheapest = budget.plan_key(cands[0].calibration.plan)
+    calls = []
+    best = budget.search(cands, lambda p: calls.append(p) or 0.99,
+                         target=0.9, known={cheapest: 0.95}, max_evals=1)
+    self.assertIs(best, cands[0])
+    self.assertLen(calls, 1)
+    rec = budget.frontier_record(cands, best, dense_flops=DENSE, target=0.9)
+    self.assertEqual([p["reused"] for p in rec["plans"]][0], True)
+    # Without it the search returns a costlier plan.
+    worse = budget.search(self.cands(), lambda p: 0.99, target=0.9,
+                          max_evals=1)
+    self.assertGreater(worse.flops, cands[0].flops)
+
 
 if __name__ == "__main__":
   absltest.main()

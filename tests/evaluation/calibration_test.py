@@ -138,9 +138,11 @@ class CollectTest(absltest.TestCase):
         dict(flop_speedup=1.5, ssim=0.9, chosen=True),
         dict(flop_speedup=2.5, ssim=0.7, chosen=False)])
     with tempfile.TemporaryDirectory() as d:
+      self.assertIsNone(run_lib.read_frontier(pathlib.Path(d)))
       run_lib.write_frontier(pathlib.Path(d), record)
       self.assertEqual(json.loads((pathlib.Path(d) / "frontier.json")
                                   .read_text()), record)
+      self.assertEqual(run_lib.read_frontier(pathlib.Path(d)), record)
       self.assertTrue((pathlib.Path(d) / "frontier.png").is_file())
 
   def test_kept_masks_keep_the_lowest_probe_entropy(self):

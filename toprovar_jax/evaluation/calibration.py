@@ -221,6 +221,16 @@ def kept_masks(stats: stats_lib.EntropyStatistics,
   return out
 
 
+def read_frontier(workdir: pathlib.Path) -> Optional[Dict[str, Any]]:
+  """The workdir's frontier.json (an earlier budget search on the same
+  statistics, e.g. of a copied workdir), or None."""
+  path = workdir / "frontier.json"
+  if not path.exists():
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def write_frontier(workdir: pathlib.Path, record: Dict[str, Any]) -> None:
   """frontier.json and frontier.png of a budget search's record."""
   io.write_json_atomic(workdir / "frontier.json", record)
