@@ -47,6 +47,8 @@ _AMIN = flags.DEFINE_float("alpha_min", 0.0, "Gate alpha_min.")
 _AMAX = flags.DEFINE_float("alpha_max", 1.0, "Gate alpha_max.")
 _SOURCE = flags.DEFINE_enum("entropy_from", "auto", calibration.ENTROPY_FROM,
                             "Entropy source of pruned scales.")
+_NAME = flags.DEFINE_string("name", "", "Plan name ('' = calibrated, or "
+                            "calibrated_ssimT in budget mode).")
 
 
 def main(argv):
@@ -60,7 +62,8 @@ def main(argv):
         tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
         rho_star=_STAR.value,
         alpha_min=_AMIN.value, alpha_max=_AMAX.value,
-        entropy_from=_SOURCE.value)
+        entropy_from=_SOURCE.value, **({"name": _NAME.value} if _NAME.value
+                                       else {}))
     sampler = pipeline.sampler_from_config(config)
     model = sampler.model
     mesh = pipeline.mesh_from_config(config)
@@ -89,7 +92,8 @@ def main(argv):
              budget.known_ssim(run_lib.read_frontier(workdir)))
     cal, record = budget.budget_plan(
         stats, model, base, evaluate, target=_TARGET.value,
-        max_evals=_MAX_EVALS.value, text_tokens=s.text_len, known=known)
+        max_evals=_MAX_EVALS.value, text_tokens=s.text_len, known=known,
+        name=_NAME.value)
     run_lib.write_frontier(workdir, record)
     extra["budget"] = dict(record, plans=None)
   flops = flops_lib.plan_flops(cal.plan, model, text_tokens=s.text_len).total

@@ -234,13 +234,14 @@ def budget_plan(stats: stats_lib.EntropyStatistics,
                 evaluate: Callable[[plan_lib.SparsityPlan], float], *,
                 target: float, max_evals: int, text_tokens: int,
                 grid: SearchGrid = SearchGrid(),
-                known: Optional[Dict[str, float]] = None
+                known: Optional[Dict[str, float]] = None, name: str = ""
                 ) -> Tuple[calibration_lib.Calibration, Dict[str, Any]]:
   """Steps 1-3 of the module docstring: (the chosen calibration, the
   frontier record). Without a candidate that meets `target`, the
   calibration of `base` with the dense plan in place of its own. `known`:
-  SSIM of plans generated before on the same statistics (`known_ssim`)."""
-  name = f"calibrated_ssim{target:g}"
+  SSIM of plans generated before on the same statistics (`known_ssim`);
+  name: the plan's ('' = calibrated_ssim<target>)."""
+  name = name or f"calibrated_ssim{target:g}"
   cands = candidates(stats, model, base, grid, text_tokens=text_tokens,
                      name=name)
   best = search(cands, evaluate, target=target, max_evals=max_evals,
