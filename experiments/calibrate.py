@@ -47,23 +47,21 @@ _AMIN = flags.DEFINE_float("alpha_min", 0.0, "Gate alpha_min.")
 _AMAX = flags.DEFINE_float("alpha_max", 1.0, "Gate alpha_max.")
 _SOURCE = flags.DEFINE_enum("entropy_from", "auto", calibration.ENTROPY_FROM,
                             "Entropy source of pruned scales.")
-_NAME = flags.DEFINE_string("name", "", "Plan name ('' = calibrated, or "
-                            "calibrated_ssimT in budget mode).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_flags.refuse_unused("calibrate", "config", "workdir", "overwrite",
-      "prompts", "seed", "num_images", "batch_size")
+      "prompts", "seed", "num_images", "batch_size", "name")
   config, s = run_flags.CONFIG.value, run_flags.CONFIG.value.sampling
   with launch.input_phase():
     base = calibration.CalibrationConfig(
         tau=_TAU.value, direction=_DIR.value, min_scale=_DMIN.value,
         rho_star=_STAR.value,
         alpha_min=_AMIN.value, alpha_max=_AMAX.value,
-        entropy_from=_SOURCE.value, **({"name": _NAME.value} if _NAME.value
-                                       else {}))
+        entropy_from=_SOURCE.value,
+        **({"name": run_flags.NAME.value} if run_flags.NAME.value else {}))
     sampler = pipeline.sampler_from_config(config)
     model = sampler.model
     mesh = pipeline.mesh_from_config(config)
@@ -93,7 +91,7 @@ def main(argv):
     cal, record = budget.budget_plan(
         stats, model, base, evaluate, target=_TARGET.value,
         max_evals=_MAX_EVALS.value, text_tokens=s.text_len, known=known,
-        name=_NAME.value)
+        name=run_flags.NAME.value)
     run_lib.write_frontier(workdir, record)
     extra["budget"] = dict(record, plans=None)
   flops = flops_lib.plan_flops(cal.plan, model, text_tokens=s.text_len).total

@@ -36,14 +36,13 @@ _STATS = flags.DEFINE_list("statistic_scales", [], "Scales of ρ (default: "
                            "the 3 before the decision scale).")
 _BUDGET = flags.DEFINE_integer("budget_plan", -1, "Budget: FLOPs of this "
                                "family plan, cheapest first (-1: middle).")
-_NAME = flags.DEFINE_string("name", "", "Method name ('' = <base>_adaptive).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_flags.refuse_unused("calibrate_adaptive", "config", "prompts", "seed",
-      "num_images", "batch_size", "plans", "out")
+      "num_images", "batch_size", "plans", "out", "name")
   config = run_flags.CONFIG.value
   with launch.input_phase():
     base, conditions, params, vae, source, prompts = (
@@ -66,7 +65,8 @@ def main(argv):
   t0 = time.perf_counter()
   spec, record = branch_training.calibrate_adaptive(
       base, params, vae, conditions,
-      name=_NAME.value or f"{plans[0].name.split('_D')[0]}_adaptive",
+      name=(run_flags.NAME.value
+            or f"{plans[0].name.split('_D')[0]}_adaptive"),
       plans=plans, decision_scale=d, statistic_scales=stats,
       budget_flops=budget, seed=run_flags.seed(config),
       batch_size=run_flags.batch_size(config),

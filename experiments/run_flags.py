@@ -35,6 +35,9 @@ PLANS = flags.DEFINE_list(
     "plans", [], "Plan specs, comma-separated: dense, fastvar, skipvar, "
     "adaptive:PATH, a named plan, a plan JSON path, skipvar_skipK[_uncondS] "
     "(the main's docstring says what it does with them).")
+NAME = flags.DEFINE_string(
+    "name", "", "Name of the plan / method the main makes ('' = its "
+    "default; the main's docstring says which).")
 OUT = flags.DEFINE_string(
     "out", None, "The file or folder the main writes (its docstring says "
     "which).")
@@ -49,7 +52,7 @@ flags.register_validator("num_images", lambda v: v >= 0,
                          "--num_images must be >= 0")
 
 _ALL = ("config", "workdir", "overwrite", "prompts", "seed", "num_images",
-        "plans", "out", "batch_size")
+        "plans", "name", "out", "batch_size")
 
 
 def refuse_unused(main: str, *used: str) -> None:
