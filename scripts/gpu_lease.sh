@@ -17,6 +17,9 @@
 #              dense, random Infinity-2B)
 #   mesh       experiments.benchmark_mesh (1-device mesh vs unsharded,
 #              Infinity-2B dense, batch 8)
+#   bench      experiments.benchmark, Infinity-2B dense and the paper plan
+#              with unroll_tokens=256: issue 10's after-refactor figures
+#              (0.275 s / 0.140 s on 2026-12-02, before it)
 # PARTS="selfcheck eval" picks a subset; LIMIT_<part>=seconds overrides a limit.
 #
 # .carry/ holds emoji128/emoji_128.npz, emoji_text.npz, whl/ (ml_collections,
@@ -26,7 +29,7 @@
 set -uo pipefail
 : "${OUT:?OUT must name the folder that receives the results}"
 CARRY="${CARRY:-.carry}"
-PARTS="${PARTS:-selfcheck eval calib mesh sweep}"
+PARTS="${PARTS:-selfcheck bench mesh calib eval sweep}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 site=/tmp/site
@@ -62,6 +65,9 @@ for part in $PARTS; do
              --out="$OUT/calib" --runs=2 ;;
     mesh) run_part mesh 150 python3 -m experiments.benchmark_mesh \
             --out="$OUT/mesh" --runs=3 ;;
+    bench) run_part bench 300 python3 -m experiments.benchmark \
+             --variant=infinity_2b --plans=dense,infinity_2b_paper \
+             --unroll_tokens=256 --out="$OUT/bench" ;;
     *) echo "gpu_lease: unknown part '$part'" >&2; exit 2 ;;
   esac
 done
