@@ -46,6 +46,7 @@ from toprovar_jax.metrics import image as image_metrics
 from toprovar_jax.models import config as config_lib
 from toprovar_jax.sampling import runner
 from toprovar_jax.sparsity import calibration as calibration_lib
+from toprovar_jax.sparsity import codec
 from toprovar_jax.sparsity import plan as plan_lib
 from toprovar_jax.sparsity import statistics as stats_lib
 
@@ -92,7 +93,6 @@ class Candidate:
 
 def plan_key(plan: plan_lib.SparsityPlan) -> str:
   """The JSON of a plan without its name: equal plans, equal keys."""
-  from toprovar_jax.sparsity import codec  # pylint: disable=import-outside-toplevel
   return codec.plan_to_json(_key(plan))
 
 
@@ -149,8 +149,8 @@ def search(cands: Sequence[Candidate], evaluate: Callable[[plan_lib.
   SSIM}) fills candidates without generating them (`reused`). Returns the
   cheapest candidate with an SSIM that meets `target`, or None; every
   evaluated candidate has `ssim` and `seconds` set."""
-  for c in cands:
-    hit = (known or {}).get(plan_key(c.calibration.plan))
+  for c in cands if known else ():
+    hit = known.get(plan_key(c.calibration.plan))
     if hit is not None:
       c.ssim, c.seconds, c.reused = float(hit), 0.0, True
   lo, hi, evals, spent = 0, len(cands) - 1, 0, 0.0
